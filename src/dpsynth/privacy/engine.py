@@ -1,0 +1,217 @@
+"""The clipping engine: Σ_i clip(∇ℓ_i, C) for a micro-batch in one forward and one backward pass.
+
+How it works (book-keeping style, after Bu et al.):
+- Every trainable parameter belongs to a handler (see `layers.py`); a parameter no handler understands is refused
+  with the layer's name before training starts, never left unclipped.
+- While the engine is attached, the handled parameters have `requires_grad=False`, so autograd computes only the
+  gradients flowing *between* layers, never the (unclipped) parameter gradients. Forward hooks keep each layer's
+  input and make its output part of the graph; tensor hooks catch the gradient reaching that output.
+- After the backward pass each handler reports per-example squared norms, the engine forms clip factors
+  c_i = min(1, C/‖g_i‖), and each handler adds its clipped sum into float32 accumulators.
+
+Privacy-safety by construction: the only gradients the optimizer ever sees are the accumulators, and the only way
+into them is through a clip factor. A use of a weight that bypasses its module's forward cannot add unclipped
+signal: it adds nothing at all (and the brute-force tests would show the missing part).
+
+Noise is added once per *logical* step (`noisy_average`), after however many micro-batches, and the sum is divided
+by the expected batch size q·N — not the realised one, which is itself private.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from dpsynth.privacy.layers import (
+    EmbeddingHandler,
+    LayerHandler,
+    LinearHandler,
+    NormHandler,
+    TiedEmbeddingCross,
+    UnsupportedLayerError,
+    _Record,
+    is_conv1d,
+    is_norm,
+)
+
+_EPS = 1e-6
+
+
+class NoiseSource(Protocol):
+    def normal_like(self, tensor: torch.Tensor, std: float) -> torch.Tensor: ...
+
+
+class ClippingEngine:
+    """Per-example clipping for any causal LM built from Linear / Conv1D / Embedding / LayerNorm / RMSNorm."""
+
+    def __init__(self, model: nn.Module, clip_norm: float, *, seq_len_hint: int = 128) -> None:
+        if not clip_norm > 0:
+            raise ValueError("clip_norm must be positive")
+        self.model = model
+        self.clip_norm = float(clip_norm)
+        self.params: list[nn.Parameter] = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("the model has no trainable parameters")
+        self.handlers: list[LayerHandler] = []
+        self.cross_terms: list[TiedEmbeddingCross] = []
+        self._discover(seq_len_hint)
+        self.summed: dict[nn.Parameter, torch.Tensor] = {}
+        self.examples_in_step = 0
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._active = False
+        self._suspended = False
+        self._batch_size = 0
+
+    # ------------------------------------------------------------------ discovery
+    def _discover(self, seq_len_hint: int) -> None:
+        trainable = {id(p) for p in self.params}
+        owners: dict[int, list[LayerHandler]] = {}
+        for name, module in self.model.named_modules():
+            own = {n: p for n, p in module._parameters.items() if p is not None and id(p) in trainable}
+            if not own:
+                continue
+            handler = self._make_handler(name or "<model>", module, own, seq_len_hint)
+            self.handlers.append(handler)
+            for p in own.values():
+                owners.setdefault(id(p), []).append(handler)
+        for p in self.params:
+            users = owners.get(id(p), [])
+            if len(users) == 2:
+                emb = next((h for h in users if isinstance(h, EmbeddingHandler)), None)
+                lin = next((h for h in users if isinstance(h, LinearHandler)), None)
+                if emb is None or lin is None:
+                    raise UnsupportedLayerError(users[1].name, users[1].module, "a weight shared between layers")
+                lin.force_ghost = lin.ghost = True
+                self.cross_terms.append(TiedEmbeddingCross(emb, lin))
+            elif len(users) > 2:
+                raise UnsupportedLayerError(users[2].name, users[2].module, "a weight shared by 3+ layers")
+
+    def _make_handler(self, name: str, module: nn.Module, own: dict[str, nn.Parameter],
+                      seq_len_hint: int) -> LayerHandler:
+        if isinstance(module, nn.Linear):
+            return LinearHandler(name, module, own, transposed=False, seq_len_hint=seq_len_hint)
+        if is_conv1d(module):
+            return LinearHandler(name, module, own, transposed=True, seq_len_hint=seq_len_hint)
+        if isinstance(module, nn.Embedding):
+            return EmbeddingHandler(name, module, own)
+        if is_norm(module):
+            return NormHandler(name, module, own, self._suspend)
+        raise UnsupportedLayerError(name, module)
+
+    def describe(self) -> dict[str, str]:
+        """Which method each layer uses (for run.json and the benchmark)."""
+        return {h.name: h.describe() for h in self.handlers}
+
+    # ------------------------------------------------------------------ hooks
+    def attach(self) -> ClippingEngine:
+        if self._hooks:
+            return self
+        for h in self.handlers:
+            self._hooks.append(h.module.register_forward_hook(self._make_hook(h), with_kwargs=True))
+        for p in self.params:
+            p.requires_grad_(False)
+        return self
+
+    def detach(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        for p in self.params:
+            p.requires_grad_(True)
+
+    @contextmanager
+    def _suspend(self) -> Iterator[None]:
+        prev, self._suspended = self._suspended, True
+        try:
+            yield
+        finally:
+            self._suspended = prev
+
+    def _make_hook(self, handler: LayerHandler):  # noqa: ANN202 - torch hook signature
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: object) -> object:
+            if not self._active or self._suspended or not torch.is_grad_enabled():
+                return None
+            if not isinstance(output, torch.Tensor):
+                raise UnsupportedLayerError(handler.name, module, "its output is not a single tensor")
+            x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
+            rec = _Record(handler.capture_input(x.detach(), self._batch_size))
+            handler.records.append(rec)
+            if output.shape[0] == 1 and self._batch_size > 1 and isinstance(handler, EmbeddingHandler):
+                output = output.expand(self._batch_size, *output.shape[1:])
+            if not output.requires_grad:
+                # Nothing upstream trains: make the output a leaf so the backward pass reaches this layer.
+                output = output.detach().requires_grad_(True)
+
+            def on_grad(grad: torch.Tensor) -> None:
+                rec.grad_output = grad.detach()
+                handler.on_grad(rec)
+
+            output.register_hook(on_grad)
+            return output
+
+        return hook
+
+    # ------------------------------------------------------------------ per micro-batch
+    @contextmanager
+    def microbatch(self, batch_size: int, seq_len: int) -> Iterator[None]:
+        """Forward pass context for one physical micro-batch of `batch_size` examples."""
+        if not self._hooks:
+            raise RuntimeError("attach() the engine before training")
+        for h in self.handlers:
+            h.reset()
+            if isinstance(h, LinearHandler):
+                h.set_seq_len(seq_len)
+        self._batch_size = batch_size
+        self._active = True
+        try:
+            yield
+        finally:
+            self._active = False
+
+    def backward(self, per_example_loss: torch.Tensor) -> torch.Tensor:
+        """Backpropagate Σ_i ℓ_i, clip each example's gradient to C, add the clipped sum to the accumulators.
+
+        Returns the per-example gradient norms before clipping (private: for tests and debugging, not for logs).
+        """
+        b = per_example_loss.shape[0]
+        if b != self._batch_size:
+            raise ValueError(f"expected {self._batch_size} per-example losses, got {b}")
+        per_example_loss.sum().backward()
+        norm_sq = torch.zeros(b, dtype=torch.float32, device=per_example_loss.device)
+        for h in self.handlers:
+            norm_sq += h.norm_sq(b).to(norm_sq.device)
+        for cross in self.cross_terms:
+            norm_sq += cross.norm_sq(b).to(norm_sq.device)
+        norms = norm_sq.clamp_min(0).sqrt()
+        clip = (self.clip_norm / (norms + _EPS)).clamp(max=1.0)
+        for h in self.handlers:
+            h.add_clipped(clip, self.summed)
+            h.reset()
+        self.examples_in_step += b
+        return norms
+
+    # ------------------------------------------------------------------ per logical step
+    def clipped_sum(self, param: nn.Parameter) -> torch.Tensor:
+        """Σ_i clip(g_i) for one parameter so far in this logical step (zeros if nothing contributed)."""
+        s = self.summed.get(param)
+        return s if s is not None else torch.zeros(param.shape, dtype=torch.float32, device=param.device)
+
+    def noisy_average(self, noise: NoiseSource | None, noise_multiplier: float, expected_batch_size: float) -> None:
+        """Set `p.grad = (Σ clip(g_i) + N(0, σ²C²)) / (q·N)` for every trainable parameter, once per logical step.
+
+        `noise=None` is only for tests that check the clipped sum itself.
+        """
+        if not expected_batch_size > 0:
+            raise ValueError("expected_batch_size must be positive")
+        std = noise_multiplier * self.clip_norm
+        for p in self.params:
+            total = self.clipped_sum(p)
+            if noise is not None and std > 0:
+                total = total + noise.normal_like(total, std)
+            p.grad = (total / expected_batch_size).to(p.dtype)
+        self.summed.clear()
+        self.examples_in_step = 0

@@ -1,0 +1,220 @@
+"""The clipping engine against brute force: a Python loop over examples, each backpropagated alone.
+
+If any handler computed a wrong norm (a missing cross term of tied embeddings, position ids broadcast over the
+batch, a padding position leaking in) or a wrong clipped sum, these comparisons fail.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from dpsynth.errors import DpsynthError
+from dpsynth.privacy.engine import ClippingEngine
+from dpsynth.privacy.layers import UnsupportedLayerError
+from dpsynth.train.loss import per_example_lm_loss
+
+VOCAB = 97
+
+
+def tiny_llama(tied: bool = True) -> nn.Module:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=24, intermediate_size=40, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=tied)
+    return LlamaForCausalLM(cfg).float()
+
+
+def tiny_gpt2() -> nn.Module:
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=VOCAB, n_embd=24, n_layer=2, n_head=4, n_positions=64,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return GPT2LMHeadModel(cfg).float()
+
+
+def make_batch(batch: int = 5, length: int = 12, seed: int = 1) -> dict[str, torch.Tensor]:
+    """Right-padded batch with varied lengths and repeated tokens (exercises the embedding ghost term)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 20, (batch, length), generator=g)  # small range: many repeated ids per example
+    lengths = torch.tensor([length, length - 3, 4, length - 1, 7][:batch])
+    mask = torch.arange(length)[None, :] < lengths[:, None]
+    ids = ids.masked_fill(~mask, 0)
+    labels = ids.masked_fill(~mask, -100)
+    return {"input_ids": ids, "attention_mask": mask.long(), "labels": labels}
+
+
+def brute_force(model: nn.Module, batch: dict, clip: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-example gradients one example at a time (no padding in its own pass), clipped and summed."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    total = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
+    norms = []
+    for i in range(batch["input_ids"].shape[0]):
+        n_tok = int(batch["attention_mask"][i].sum())
+        ids = batch["input_ids"][i : i + 1, :n_tok]
+        labels = batch["labels"][i : i + 1, :n_tok]
+        model.zero_grad(set_to_none=True)
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+        per_example_lm_loss(out.logits, labels).sum().backward()
+        grads = {n: p.grad.detach().double().clone() for n, p in params.items()}
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads.values()))
+        norms.append(norm)
+        factor = min(1.0, clip / (float(norm) + 1e-6))
+        for n in total:
+            total[n] += grads[n] * factor
+    model.zero_grad(set_to_none=True)
+    return torch.stack(norms), total
+
+
+def engine_sum(model: nn.Module, batch: dict, clip: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    engine = ClippingEngine(model, clip).attach()
+    b, t = batch["input_ids"].shape
+    with engine.microbatch(b, t):
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        losses = per_example_lm_loss(out.logits, batch["labels"])
+    norms = engine.backward(losses)
+    sums = {names[id(p)]: engine.clipped_sum(p).double() for p in engine.params}
+    engine.detach()
+    return norms.double(), sums
+
+
+def assert_match(model: nn.Module, clip: float, batch: dict | None = None) -> None:
+    batch = batch or make_batch()
+    ref_norms, ref = brute_force(model, batch, clip)
+    norms, got = engine_sum(model, batch, clip)
+    torch.testing.assert_close(norms, ref_norms, rtol=2e-4, atol=1e-6)
+    assert ref.keys() == got.keys()
+    for n in ref:
+        torch.testing.assert_close(got[n], ref[n], rtol=2e-4, atol=2e-6, msg=f"clipped sum differs for {n}")
+    for p in model.parameters():
+        assert p.grad is None, "the engine must not leave unclipped gradients on the parameters"
+
+
+@pytest.mark.parametrize("clip", [1e9, 0.05])  # no clipping active, and every example clipped
+def test_llama_tied_embeddings_full_finetune(clip: float) -> None:
+    model = tiny_llama(tied=True)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert_match(model, clip)
+
+
+def test_llama_untied() -> None:
+    assert_match(tiny_llama(tied=False), 0.05)
+
+
+@pytest.mark.parametrize("clip", [1e9, 0.05])
+def test_gpt2_conv1d_position_embeddings_tied(clip: float) -> None:
+    model = tiny_gpt2()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert_match(model, clip)
+
+
+def test_norms_are_exact_not_just_sums() -> None:
+    """With a huge clip bound the sum is the plain sum; the norms themselves must still be each example's."""
+    model = tiny_llama()
+    ref_norms, _ = brute_force(model, make_batch(), 1.0)
+    norms, _ = engine_sum(model, make_batch(), 1.0)
+    assert float(ref_norms.std()) > 0.01  # examples really differ, so a batch-level norm would not pass
+    torch.testing.assert_close(norms, ref_norms, rtol=2e-4, atol=1e-6)
+
+
+def test_lora_adapters_only() -> None:
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_llama(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj",
+                                                                                           "up_proj"]))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:  # peft starts B at zero; give it values so the A gradients are non-trivial
+            nn.init.normal_(p, std=0.1)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert_match(model, 0.01)
+
+
+def test_gpt2_lora_conv1d() -> None:
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_gpt2(), LoraConfig(r=4, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            nn.init.normal_(p, std=0.1)
+    assert_match(model, 0.01)
+
+
+def test_partially_frozen_model() -> None:
+    """Frozen embeddings (no gradient reaches the first trainable layer through a trainable input)."""
+    model = tiny_llama(tied=False)
+    model.model.embed_tokens.weight.requires_grad_(False)
+    model.model.layers[0].requires_grad_(False)
+    assert_match(model, 0.05)
+
+
+def test_ghost_and_instantiation_agree() -> None:
+    """Force each linear layer through both paths: the per-layer choice must not change the result."""
+    model = tiny_llama(tied=False)
+    batch = make_batch()
+    _, ref = engine_sum(model, batch, 0.05)
+    engine = ClippingEngine(model, 0.05).attach()
+    for h in engine.handlers:
+        if hasattr(h, "force_ghost"):
+            h.force_ghost = h.ghost = not h.ghost
+    b, t = batch["input_ids"].shape
+    with engine.microbatch(b, t):
+        losses = per_example_lm_loss(model(input_ids=batch["input_ids"],
+                                           attention_mask=batch["attention_mask"]).logits, batch["labels"])
+    engine.backward(losses)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for p in engine.params:
+        torch.testing.assert_close(engine.clipped_sum(p).double(), ref[names[id(p)]], rtol=2e-4, atol=2e-6)
+    engine.detach()
+
+
+def test_micro_batches_accumulate_to_the_same_sum() -> None:
+    """Splitting a logical batch into micro-batches must give the same clipped sum (accumulation in one step)."""
+    model = tiny_llama()
+    batch = make_batch()
+    _, ref = brute_force(model, batch, 0.05)
+    engine = ClippingEngine(model, 0.05).attach()
+    for lo, hi in [(0, 2), (2, 5)]:
+        part = {k: v[lo:hi] for k, v in batch.items()}
+        with engine.microbatch(hi - lo, part["input_ids"].shape[1]):
+            losses = per_example_lm_loss(model(input_ids=part["input_ids"],
+                                               attention_mask=part["attention_mask"]).logits, part["labels"])
+        engine.backward(losses)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for p in engine.params:
+        torch.testing.assert_close(engine.clipped_sum(p).double(), ref[names[id(p)]], rtol=2e-4, atol=2e-6)
+    assert engine.examples_in_step == 5
+
+
+class _Weird(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(3))
+
+
+def test_unclippable_layer_is_refused_by_name() -> None:
+    model = nn.Sequential(nn.Linear(3, 3), _Weird())
+    with pytest.raises(UnsupportedLayerError, match=r"layer '1' \(_Weird\)") as err:
+        ClippingEngine(model, 1.0)
+    assert isinstance(err.value, DpsynthError)
+
+
+def test_multihead_attention_is_refused() -> None:
+    model = nn.Sequential(nn.MultiheadAttention(8, 2))
+    with pytest.raises(UnsupportedLayerError, match="MultiheadAttention"):
+        ClippingEngine(model, 1.0)
+
+
+def test_embedding_padding_idx_row_is_never_updated() -> None:
+    """nn.Embedding(padding_idx=p) gives row p no gradient; the engine's norms and sums must agree even when the
+    padding id also occurs inside real text."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=24, intermediate_size=40, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=5, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).float()
+    assert model.model.embed_tokens.padding_idx == 5
+    batch = make_batch()
+    assert (batch["input_ids"][batch["attention_mask"].bool()] == 5).any()
+    assert_match(model, 0.05, batch)
