@@ -209,9 +209,11 @@ class ClippingEngine:
             raise ValueError("expected_batch_size must be positive")
         std = noise_multiplier * self.clip_norm
         for p in self.params:
-            total = self.clipped_sum(p)
+            total = self.summed.pop(p, None)
+            if total is None:  # no example touched it (e.g. an empty Poisson batch): noise alone
+                total = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
             if noise is not None and std > 0:
-                total = total + noise.normal_like(total, std)
-            p.grad = (total / expected_batch_size).to(p.dtype)
+                total.add_(noise.normal_like(total, std))
+            p.grad = total.div_(expected_batch_size).to(p.dtype)
         self.summed.clear()
         self.examples_in_step = 0

@@ -136,6 +136,8 @@ class LinearHandler(LayerHandler):
     def _ghost_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All calls of this module concatenated along positions: Σ_k a_kᵀ g_k = [a_1;a_2]ᵀ [g_1;g_2]."""
         recs = [r for r in self.records if r.grad_output is not None]
+        if len(recs) == 1:  # the common case: no copy
+            return _flat3(recs[0].inputs), _flat3(recs[0].grad_output)
         a = torch.cat([_flat3(r.inputs) for r in recs], dim=1)
         g = torch.cat([_flat3(r.grad_output) for r in recs], dim=1)
         return a, g
@@ -161,9 +163,12 @@ class LinearHandler(LayerHandler):
             if self.ghost:
                 if self._has_ghost_data():
                     a, g = self._ghost_tensors()
-                    a2 = a.reshape(-1, a.shape[-1]).to(_FP)
-                    g2 = (g.to(_FP) * clip[:, None, None]).reshape(-1, g.shape[-1])
-                    w = g2.t() @ a2  # p×d
+                    # Σ_i c_i a_iᵀ g_i: scale whichever side is narrower (for an LM head, a: d ≪ g: vocab).
+                    if a.shape[-1] <= g.shape[-1]:
+                        a = a.to(_FP) * clip[:, None, None]
+                    else:
+                        g = g.to(_FP) * clip[:, None, None]
+                    w = g.reshape(-1, g.shape[-1]).to(_FP).t() @ a.reshape(-1, a.shape[-1]).to(_FP)  # p×d
                     _accumulate(sums, self.weight, w.t() if self.transposed else w)
             elif self._per_example is not None:
                 w = torch.einsum("b,bpd->pd", clip, self._per_example)
