@@ -1,0 +1,169 @@
+"""The one typed configuration of a run, validated once at the edge (CLI flags, a TOML file, or Python).
+
+Defaults are chosen for small private datasets (1K–100K records) on the bundled SmolLM2-135M; every default that
+depends on the data uses only N, the number of privacy units, which dpsynth treats as public (as DP-SGD
+accountants do) and says so in the privacy report.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dpsynth.errors import DpsynthError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class RunConfig(BaseModel):
+    """Everything `dpsynth run` needs. Field docs double as `--help` texts."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- data
+    data: Path = Field(description="Private dataset: a CSV, JSONL or Parquet file.")
+    text_column: str = Field("text", description="Column holding the text to synthesise.")
+    label_columns: list[str] = Field(default_factory=list, description="Label columns written as control codes.")
+    user_column: str | None = Field(None, description="Column identifying users: makes the user the privacy unit.")
+    max_records_per_user: int = Field(8, ge=1, description="With --user-column: keep at most this many per user.")
+    drop_empty: bool = Field(False, description="Drop records whose text is empty instead of refusing the file.")
+    max_label_values: int = Field(100, ge=2, description="Refuse label columns with more distinct values.")
+    max_tokens: int = Field(128, ge=8, le=4096, description="Fixed (public) training length in tokens.")
+    loss_on_prefix: bool = Field(True, description="Also train on the control-code tokens (the reference recipe).")
+
+    # --- output
+    out: Path = Field(description="Output folder for synthetic data, model, privacy.json and run.json.")
+    overwrite: bool = Field(False, description="Replace an existing run in --out.")
+    resume: bool = Field(False, description="Continue an interrupted run in --out from its last checkpoint.")
+
+    # --- model
+    model: str | None = Field(None, description="Local Hugging Face folder or hub name; default: bundled SmolLM2.")
+    finetune: Literal["lora", "full"] = Field("lora", description="Train LoRA adapters or all weights.")
+    lora_rank: int = Field(8, ge=1, description="LoRA rank.")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator.")
+
+    # --- privacy
+    epsilon: float = Field(4.0, gt=0, description="Target ε for the whole run; 'inf' trains without DP.")
+    delta: float | None = Field(None, gt=0, lt=1, description="Target δ; default 1/(N·ln N).")
+    clip_norm: float = Field(1.0, gt=0, description="Per-example gradient clipping bound C.")
+    label_budget_fraction: float = Field(
+        0.05, ge=0, lt=1, description="Share of ε spent on the DP label histogram used for sampling.")
+    label_distribution: str = Field(
+        "dp", description="'dp' (noisy histogram, paid from ε), 'uniform', or a public CSV/JSON of label weights.")
+    secure_rng: bool = Field(False, description="Draw DP noise from a cryptographically seeded generator.")
+
+    # --- training
+    epochs: float | None = Field(None, gt=0, description="Passes over the data; default 4 with DP, 2 without.")
+    batch_size: int | None = Field(None, ge=1, description="Expected logical batch size q·N; default by N.")
+    physical_batch_size: int = Field(8, ge=1, description="Examples per forward pass (memory, not privacy).")
+    learning_rate: float | None = Field(None, gt=0, description="AdamW learning rate; default by --finetune.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    checkpoint_every: int = Field(20, ge=1, description="Checkpoint every this many logical steps.")
+
+    # --- sampling
+    num_samples: int | None = Field(None, ge=1, description="Synthetic records to write; default as many as input.")
+    top_k: int = Field(50, ge=0, description="Top-k sampling (0 disables).")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    repetition_penalty: float = Field(1.0, gt=0, description="Repetition penalty (1 disables).")
+    max_new_tokens: int | None = Field(None, ge=1, description="Tokens per synthetic record; default --max-tokens.")
+    sample_batch_size: int = Field(64, ge=1, description="Prompts per generation batch.")
+    drop_duplicates: bool = Field(False, description="Remove exact duplicate synthetic texts (free post-processing).")
+
+    # --- execution
+    seed: int = Field(0, description="Seed for sampling, initialisation and (without --secure-rng) the DP noise.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train and sample.")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast on GPU by default.")
+
+    @field_validator("label_columns", mode="before")
+    @classmethod
+    def _split_labels(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [c.strip() for c in v.split(",") if c.strip()]
+        return v
+
+    @field_validator("epsilon", mode="before")
+    @classmethod
+    def _parse_inf(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() in {"inf", "infinity", "none"}:
+            return math.inf
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.text_column in self.label_columns:
+            raise ValueError(f"the text column '{self.text_column}' cannot also be a label column")
+        if len(set(self.label_columns)) != len(self.label_columns):
+            raise ValueError("a label column is listed twice")
+        if self.user_column and (self.user_column == self.text_column or self.user_column in self.label_columns):
+            raise ValueError("the user column must differ from the text and label columns")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite contradict each other; pick one")
+        return self
+
+    # ------------------------------------------------------------------ derived defaults
+    @property
+    def private(self) -> bool:
+        return math.isfinite(self.epsilon)
+
+    def resolved_epochs(self) -> float:
+        return self.epochs if self.epochs is not None else (4.0 if self.private else 2.0)
+
+    def resolved_batch_size(self, num_units: int) -> int:
+        """Default expected batch size: large batches help DP-SGD's signal-to-noise, but a small dataset needs
+        enough steps; 1/8 of the data capped at 256 is a middle ground (N is treated as public)."""
+        if self.batch_size is not None:
+            return min(self.batch_size, num_units)
+        if not self.private:
+            return min(32, num_units)
+        return max(1, min(256, num_units // 8))
+
+    def resolved_learning_rate(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        if self.finetune == "lora":
+            return 2e-3 if self.private else 5e-4
+        return 1e-4 if self.private else 5e-5
+
+    def resolved_max_new_tokens(self) -> int:
+        return self.max_new_tokens or self.max_tokens
+
+
+def config_from_sources(toml_path: Path | None, overrides: dict[str, Any]) -> RunConfig:
+    """Merge a TOML config file with command-line flags (flags win) into one validated RunConfig."""
+    values: dict[str, Any] = {}
+    if toml_path is not None:
+        try:
+            with open(toml_path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise DpsynthError(f"config file {toml_path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise DpsynthError(f"config file {toml_path} is not valid TOML ({exc})") from None
+        values.update({k.replace("-", "_"): v for k, v in raw.items()})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return RunConfig(**values)
+    except ValidationError as exc:
+        raise DpsynthError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One sentence from pydantic's first error, naming the option as the user typed it."""
+    err = exc.errors()[0]
+    loc = "--" + str(err["loc"][0]).replace("_", "-") if err.get("loc") else "the configuration"
+    msg = err.get("msg", "is invalid")
+    if err.get("type") == "missing":
+        return f"{loc} is required"
+    if err.get("type") == "extra_forbidden":
+        return f"unknown option {loc}; see `dpsynth run --help`"
+    if msg.startswith("Value error, "):
+        return msg.removeprefix("Value error, ")
+    return f"{loc}: {msg}"

@@ -1,0 +1,75 @@
+"""The run folder: what goes where, and the rule that nothing is half-written.
+
+Layout of `--out DIR`:
+    synthetic.csv   the synthetic records (text + label columns)
+    privacy.json    the privacy ledger: every mechanism, its parameters, the total (ε, δ)
+    run.json        configuration, versions, timings, aggregate data report
+    model/          the fine-tuned model (a LoRA adapter or a full model) with its tokenizer
+    checkpoint/     training state for --resume (removed when the run completes)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dpsynth.errors import DpsynthError
+
+SYNTHETIC = "synthetic.csv"
+PRIVACY = "privacy.json"
+RUN = "run.json"
+MODEL = "model"
+CHECKPOINT = "checkpoint"
+
+
+def check_output_folder(out: Path, *, overwrite: bool, resume: bool) -> None:
+    """Refuse to write into a folder that already holds something unless asked to; called before any work."""
+    if out.exists() and not out.is_dir():
+        raise DpsynthError(f"--out {out} is a file, not a folder; choose a folder path")
+    has_content = out.is_dir() and any(out.iterdir())
+    if resume:
+        if not (out / CHECKPOINT).is_dir() and not (out / RUN).is_file():
+            raise DpsynthError(f"--resume: {out} holds no interrupted run to continue; drop --resume to start one")
+        return
+    if has_content and not overwrite:
+        raise DpsynthError(
+            f"--out {out} already holds files; pass --overwrite to replace them or --resume to continue that run"
+        )
+
+
+def prepare_output_folder(out: Path, *, overwrite: bool, resume: bool) -> None:
+    """Create the folder; with --overwrite remove only what a dpsynth run writes (never unrelated files)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite and not resume:
+        for name in (SYNTHETIC, PRIVACY, RUN, MODEL, CHECKPOINT, "synthetic.csv.partial"):
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON via a temporary file and os.replace, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, default=str)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def replace_dir_atomic(staging: Path, target: Path) -> None:
+    """Move a fully written staging folder into place (the old one, if any, is removed first)."""
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)

@@ -1,0 +1,128 @@
+"""`dpsynth run` as a Python function: private table → DP fine-tuned model → synthetic table + privacy ledger.
+
+Order matters for "bad input loses nothing": everything that can be refused (the output folder, the file, the
+columns, the model, the privacy budget) is checked before the output folder is touched.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dpsynth import __version__, outputs
+from dpsynth.config import RunConfig
+from dpsynth.errors import DpsynthError
+
+
+@dataclass
+class RunResult:
+    """Paths and headline numbers of a finished run (what `dpsynth.run` returns to a notebook)."""
+
+    out: Path
+    synthetic_path: Path
+    privacy_path: Path
+    model_path: Path
+    run_path: Path
+    epsilon: float
+    delta: float | None
+    num_samples: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise DpsynthError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return torch.device(choice)
+
+
+def resolve_precision(choice: str, device: torch.device) -> str:
+    if choice == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if choice == "bf16" and device.type != "cuda":
+        raise DpsynthError("--precision bf16 needs a CUDA GPU; on CPU use fp32")
+    return choice
+
+
+def versions() -> dict[str, str]:
+    import dp_accounting
+    import peft
+    import transformers
+
+    return {
+        "dpsynth": __version__, "python": platform.python_version(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "peft": peft.__version__,
+        "dp_accounting": getattr(dp_accounting, "__version__", "unknown"),
+    }
+
+
+def run(config: RunConfig, *, console: Any = None) -> RunResult:
+    """Run the whole pipeline for a validated config. Raises DpsynthError for any bad input, before writing."""
+    from rich.console import Console
+
+    from dpsynth.stages import (
+        build_label_distribution,
+        load_and_encode,
+        plan_privacy,
+        sample_stage,
+        save_model,
+        train_stage,
+    )
+
+    console = console or Console(stderr=True)
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    outputs.check_output_folder(config.out, overwrite=config.overwrite, resume=config.resume)
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+
+    t = time.perf_counter()
+    prepared = load_and_encode(config, device=device, console=console)
+    timings["load_and_encode_s"] = time.perf_counter() - t
+    budget = plan_privacy(config, prepared)  # refuses an unreachable (ε, δ) before anything is written
+
+    outputs.prepare_output_folder(config.out, overwrite=config.overwrite, resume=config.resume)
+    ledger = budget.ledger
+    ledger.write(config.out / outputs.PRIVACY)
+
+    t = time.perf_counter()
+    train_info = train_stage(config, prepared, budget, device=device, precision=precision, console=console)
+    timings["train_s"] = time.perf_counter() - t
+
+    model_path = save_model(config, prepared, config.out / outputs.MODEL)
+
+    t = time.perf_counter()
+    labels = build_label_distribution(config, prepared, budget)
+    ledger.write(config.out / outputs.PRIVACY)
+    sample_info = sample_stage(config, prepared, labels, device=device, console=console)
+    timings["sample_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t_all
+
+    run_record = {
+        "dpsynth_version": __version__,
+        "config": config.model_dump(mode="json"),
+        "versions": versions(),
+        "device": str(device), "precision": precision,
+        "model": prepared.model_info,
+        "data": prepared.data_report,
+        "privacy": {"epsilon": ledger.epsilon if config.private else None, "delta": ledger.delta,
+                    "plan": budget.describe()},
+        "training": train_info,
+        "sampling": sample_info,
+        "label_distribution": labels.describe() if hasattr(labels, "describe") else str(labels),
+        "timings": timings,
+    }
+    outputs.write_json_atomic(config.out / outputs.RUN, run_record)
+    return RunResult(
+        out=config.out, synthetic_path=config.out / outputs.SYNTHETIC, privacy_path=config.out / outputs.PRIVACY,
+        model_path=model_path, run_path=config.out / outputs.RUN,
+        epsilon=ledger.epsilon if config.private else math.inf, delta=ledger.delta,
+        num_samples=sample_info.get("rows_written", 0), timings=timings,
+    )

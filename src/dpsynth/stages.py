@@ -1,0 +1,236 @@
+"""The stages of `dpsynth run`, each a small function the pipeline calls in order.
+
+Kept apart from `pipeline.py` so that each stage can be tested and reused (e.g. `dpsynth sample` reuses the
+sampling stage on a finished run).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dpsynth import outputs
+from dpsynth.config import RunConfig
+from dpsynth.errors import DpsynthError
+
+
+@dataclass
+class PreparedData:
+    """Everything derived from the private table and the model before training."""
+
+    table: Any  # pandas.DataFrame of validated rows
+    records: Any  # dpsynth.data.encode.EncodedRecords
+    loaded: Any  # dpsynth.models.loading.LoadedModel
+    data_report: dict[str, Any]
+    model_info: dict[str, Any]
+
+    @property
+    def num_units(self) -> int:
+        return len(self.records)
+
+
+@dataclass
+class BudgetPlanOut:
+    """The privacy plan of the run and its ledger (None mechanisms for a non-private run)."""
+
+    plan: Any  # dpsynth.privacy.accounting.BudgetPlan | None
+    ledger: Any  # dpsynth.privacy.ledger.PrivacyLedger
+    steps: int
+    sample_rate: float
+    expected_batch_size: float
+    delta: float | None
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"steps": self.steps, "sample_rate": self.sample_rate,
+                             "expected_batch_size": self.expected_batch_size, "notes": self.notes}
+        if self.plan is not None:
+            d["noise_multiplier"] = self.plan.dpsgd.noise_multiplier
+            if self.plan.label_histogram is not None:
+                d["label_histogram_noise_multiplier"] = self.plan.label_histogram.noise_multiplier
+        return d
+
+
+def load_and_encode(config: RunConfig, *, device: torch.device, console: Any) -> PreparedData:
+    """Read and check the table, load the model, build control codes + text and tokenise to --max-tokens."""
+    from dpsynth.data.control_codes import ControlCodes
+    from dpsynth.data.encode import encode_records
+    from dpsynth.data.reader import read_table
+    from dpsynth.data.schema import DatasetSpec, validate_table
+    from dpsynth.models.loading import describe_model, load_model
+
+    df = read_table(config.data)
+    spec = DatasetSpec(text_column=config.text_column, label_columns=list(config.label_columns),
+                       user_column=config.user_column)
+    validated = validate_table(df, spec, max_label_values=config.max_label_values, drop_empty=config.drop_empty)
+    table = validated.df
+    with console.status("loading the model"):
+        loaded = load_model(config.model, device=str(device))
+    codes = ControlCodes(list(config.label_columns))
+    prefixes = [codes.prefix({c: row[c] for c in config.label_columns})
+                for row in table[list(config.label_columns)].to_dict("records")] if config.label_columns \
+        else [""] * len(table)
+    records = encode_records(loaded.tokenizer, prefixes, table[config.text_column].tolist(),
+                             max_tokens=config.max_tokens, loss_on_prefix=config.loss_on_prefix)
+    data_report = dict(validated.report.to_dict()) if hasattr(validated.report, "to_dict") else {}
+    data_report["truncated_records"] = int(getattr(records, "num_truncated", 0))
+    data_report["num_records"] = len(records)
+    return PreparedData(table=table, records=records, loaded=loaded, data_report=data_report,
+                        model_info=describe_model(loaded.model) | {"name": loaded.name})
+
+
+def plan_privacy(config: RunConfig, prepared: PreparedData) -> BudgetPlanOut:
+    """Fix the public schedule (q, T) from N and the config, then calibrate σ for the target (ε, δ)."""
+    from dpsynth.privacy.accounting import default_delta, plan_budget
+    from dpsynth.privacy.ledger import PrivacyLedger
+
+    n = prepared.num_units
+    if n < 2:
+        raise DpsynthError("the dataset needs at least 2 records to train on")
+    batch = config.resolved_batch_size(n)
+    q = batch / n
+    steps = max(1, math.ceil(config.resolved_epochs() / q))
+    notes = [
+        "The number of records N is treated as public (it sets the sampling rate and δ).",
+        f"The training length ({config.max_tokens} tokens) is a fixed public setting, not chosen from the data.",
+        "No checkpoint or hyper-parameter is selected using the private data.",
+    ]
+    if not config.private:
+        ledger = PrivacyLedger(delta=None, unit="record", num_units=n, non_private=True)
+        return BudgetPlanOut(None, ledger, steps, q, batch, None, notes)
+    delta = config.delta if config.delta is not None else default_delta(n)
+    wants_dp_labels = bool(config.label_columns) and config.label_distribution == "dp"
+    plan = plan_budget(config.epsilon, delta, num_units=n, sample_rate=q, steps=steps,
+                       label_fraction=config.label_budget_fraction if wants_dp_labels else None)
+    ledger = PrivacyLedger(delta=delta, unit="record", num_units=n, clip_norm=config.clip_norm,
+                           epsilon_target=config.epsilon,
+                           noise_rng="secure" if config.secure_rng else "seeded", notes=notes)
+    ledger.add(plan.dpsgd.__class__(noise_multiplier=plan.dpsgd.noise_multiplier, sample_rate=q, steps=0))
+    return BudgetPlanOut(plan, ledger, steps, q, batch, delta, notes)
+
+
+def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut, *, device: torch.device,
+                precision: str, console: Any) -> dict[str, Any]:
+    """Fine-tune (LoRA or full) with DP-SGD, or without DP for ε = ∞."""
+    from dpsynth.data.encode import collate
+    from dpsynth.models.lora import apply_lora
+    from dpsynth.privacy.accounting import EpsilonTracker
+    from dpsynth.privacy.noise import NoiseSource
+    from dpsynth.privacy.sampling import PoissonSampler
+    from dpsynth.train.dp_trainer import DPTrainer, DPTrainingPlan, make_optimizer, train_nonprivate
+    from dpsynth.train.progress import TrainingProgress
+
+    loaded = prepared.loaded
+    torch.manual_seed(config.seed)
+    if config.finetune == "lora":
+        loaded.model = apply_lora(loaded.model, r=config.lora_rank, alpha=config.lora_alpha)
+    model = loaded.model.to(device)
+    records = prepared.records
+    pad_id = loaded.pad_id
+
+    def collate_ids(ids: list[int]) -> dict[str, torch.Tensor]:
+        return collate([records[i] for i in ids], pad_id=pad_id)
+
+    lengths = [len(records[i].input_ids) if hasattr(records[i], "input_ids") else len(records[i])
+               for i in range(len(records))]
+    lr = config.resolved_learning_rate()
+    optimizer = make_optimizer(model, lr, config.weight_decay)
+    out_dir = config.out
+
+    if not config.private:
+        with TrainingProgress(max(1, math.ceil(config.resolved_epochs() * len(records) / budget.expected_batch_size)),
+                              None, console=console, label="training (no DP)") as bar:
+            result = train_nonprivate(model, num_examples=len(records), collate=collate_ids,
+                                      epochs=config.resolved_epochs(), batch_size=int(budget.expected_batch_size),
+                                      physical_batch_size=config.physical_batch_size, optimizer=optimizer,
+                                      device=device, precision=precision, seed=config.seed, after_step=bar.update)
+        return {"steps": result.steps_done, "seconds": result.seconds, "learning_rate": lr, "private": False}
+
+    plan = budget.plan
+    sampler = PoissonSampler(len(records), budget.sample_rate, seed=config.seed)
+    noise = NoiseSource(seed=config.seed + 1, secure=config.secure_rng)
+    dp_plan = DPTrainingPlan(steps=budget.steps, sample_rate=budget.sample_rate,
+                             expected_batch_size=budget.expected_batch_size,
+                             noise_multiplier=plan.dpsgd.noise_multiplier, clip_norm=config.clip_norm,
+                             learning_rate=lr, weight_decay=config.weight_decay,
+                             physical_batch_size=config.physical_batch_size)
+    trainer = DPTrainer(model, dp_plan, sampler=sampler, collate=collate_ids, lengths=lengths, noise=noise,
+                        optimizer=optimizer, device=device, precision=precision)
+    others = [plan.label_histogram] if plan.label_histogram is not None else []
+    tracker = EpsilonTracker(others, plan.dpsgd.noise_multiplier, budget.sample_rate, budget.delta)
+    ledger = budget.ledger
+
+    def spend(step: int) -> None:
+        ledger.set_dpsgd_steps(step)
+        ledger.write(out_dir / outputs.PRIVACY)
+
+    with TrainingProgress(budget.steps, tracker.epsilon, console=console) as bar:
+        result = trainer.train(before_update=spend, after_step=bar.update)
+    return {"steps": result.steps_done, "seconds": result.seconds, "examples_seen": result.examples_seen,
+            "learning_rate": lr, "private": True, "noise_multiplier": plan.dpsgd.noise_multiplier,
+            "noise": noise.describe(), "layer_methods": _summarise_methods(result.layer_methods)}
+
+
+def _summarise_methods(methods: dict[str, str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for m in methods.values():
+        counts[m] = counts.get(m, 0) + 1
+    return counts
+
+
+def save_model(config: RunConfig, prepared: PreparedData, target: Path) -> Path:
+    """Save the adapter (LoRA) or the full model, with the tokenizer, written to a staging folder first."""
+    staging = target.with_name(target.name + ".partial")
+    if staging.exists():
+        import shutil
+
+        shutil.rmtree(staging)
+    model = prepared.loaded.model
+    model.save_pretrained(staging)
+    prepared.loaded.tokenizer.save_pretrained(staging)
+    outputs.write_json_atomic(staging / "dpsynth_model.json",
+                              {"base_model": config.model or "default", "finetune": config.finetune})
+    outputs.replace_dir_atomic(staging, target)
+    return target
+
+
+def build_label_distribution(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut) -> Any:
+    """Where the sampled control codes come from: a DP histogram (paid for), uniform, or a declared public file."""
+    from dpsynth.sample.labels import dp_label_histogram, public_label_distribution
+
+    if not config.label_columns:
+        return None
+    if config.label_distribution == "dp":
+        if not config.private:
+            # ε = ∞: no privacy to protect; the exact distribution is used and the ledger says non-private.
+            return dp_label_histogram(prepared.table, list(config.label_columns), noise_multiplier=0.0,
+                                      seed=config.seed)
+        hist = budget.plan.label_histogram
+        budget.ledger.add(hist)
+        return dp_label_histogram(prepared.table, list(config.label_columns),
+                                  noise_multiplier=hist.noise_multiplier, seed=config.seed)
+    budget.ledger.notes.append(f"Labels for sampling come from a distribution declared public: "
+                               f"{config.label_distribution}.")
+    return public_label_distribution(config.label_distribution, list(config.label_columns))
+
+
+def sample_stage(config: RunConfig, prepared: PreparedData, labels: Any, *, device: torch.device,
+                 console: Any) -> dict[str, Any]:
+    """Generate --num-samples records into synthetic.csv (resumable)."""
+    from dpsynth.sample.sampler import DecodingConfig, sample_synthetic
+
+    loaded = prepared.loaded
+    model = loaded.model.to(device).eval()
+    n = config.num_samples or prepared.num_units
+    decoding = DecodingConfig(top_k=config.top_k, top_p=config.top_p, temperature=config.temperature,
+                              repetition_penalty=config.repetition_penalty,
+                              max_new_tokens=config.resolved_max_new_tokens())
+    report = sample_synthetic(model, loaded.tokenizer, labels, n, config.out / outputs.SYNTHETIC,
+                              label_columns=list(config.label_columns), text_column=config.text_column,
+                              decoding=decoding, seed=config.seed, batch_size=config.sample_batch_size,
+                              resume=config.resume, progress=True)
+    return report.to_dict() if hasattr(report, "to_dict") else dict(vars(report))

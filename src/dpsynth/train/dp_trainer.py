@@ -1,0 +1,195 @@
+"""The DP-SGD training loop: Poisson-sampled logical steps, micro-batches inside a step, noise once per step.
+
+Privacy-relevant order of a logical step t:
+1. the sampler draws the step's units (each independently with probability q — the accountant's assumption);
+2. the units are sorted by length and split into micro-batches that fit in memory (gradient accumulation happens
+   *inside* the step, never across steps); each micro-batch adds its clipped per-example gradients;
+3. `before_update(t)` is called — the caller records the step as spent *before* the noisy update exists, so a
+   crash can never leave an applied update uncounted;
+4. Gaussian noise N(0, σ²C²) is added once, the sum divided by the expected batch size q·N, and AdamW steps.
+An empty Poisson batch is a valid step: the update is noise only, and it is counted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from dpsynth.privacy.engine import ClippingEngine, NoiseSource
+from dpsynth.train.loss import per_example_lm_loss
+
+
+@dataclass(frozen=True)
+class DPTrainingPlan:
+    """The public schedule of a DP run: fixed before looking at the data (N is treated as public)."""
+
+    steps: int
+    sample_rate: float
+    expected_batch_size: float
+    noise_multiplier: float
+    clip_norm: float
+    learning_rate: float
+    weight_decay: float
+    physical_batch_size: int
+
+
+@dataclass
+class StepReport:
+    step: int
+    steps_total: int
+    examples: int
+    mean_loss: float | None  # private: shown to the data owner, never written to shareable outputs
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    steps_done: int
+    seconds: float
+    examples_seen: int
+    layer_methods: dict[str, str] = field(default_factory=dict)
+
+
+Collate = Callable[[list[int]], dict[str, torch.Tensor]]
+
+
+def make_optimizer(model: nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters (DP-Adam in the reference recipe: constant LR, weight decay 0.01)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+
+
+def autocast_for(device: torch.device, precision: str):  # noqa: ANN201 - a context manager
+    if device.type == "cuda" and precision == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+class DPTrainer:
+    """Runs `plan.steps` DP-SGD steps over `num_units` privacy units."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        plan: DPTrainingPlan,
+        *,
+        sampler: object,
+        collate: Collate,
+        lengths: Sequence[int],
+        noise: NoiseSource,
+        optimizer: torch.optim.Optimizer,
+        device: torch.device,
+        precision: str = "fp32",
+    ) -> None:
+        self.model = model
+        self.plan = plan
+        self.sampler = sampler
+        self.collate = collate
+        self.lengths = lengths
+        self.noise = noise
+        self.optimizer = optimizer
+        self.device = device
+        self.precision = precision
+        self.engine = ClippingEngine(model, plan.clip_norm)
+
+    def _micro_batches(self, unit_ids: Sequence[int]) -> list[list[int]]:
+        """The step's examples, sorted longest first (less padding), packed into micro-batches."""
+        examples = sorted((int(i) for i in unit_ids), key=lambda i: -self.lengths[i])
+        size = self.plan.physical_batch_size
+        return [examples[i : i + size] for i in range(0, len(examples), size)]
+
+    def run_step(self, step: int) -> StepReport:
+        t0 = time.perf_counter()
+        unit_ids = self.sampler.sample_step()
+        loss_sum, n = 0.0, 0
+        self.model.train()
+        for chunk in self._micro_batches(unit_ids):
+            batch = {k: v.to(self.device) for k, v in self.collate(chunk).items()}
+            b, t = batch["input_ids"].shape
+            with self.engine.microbatch(b, t), autocast_for(self.device, self.precision):
+                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                losses = per_example_lm_loss(logits, batch["labels"])
+            del logits
+            self.engine.backward(losses)
+            loss_sum += float(losses.detach().sum())
+            n += b
+        return StepReport(step, self.plan.steps, n, loss_sum / n if n else None, time.perf_counter() - t0)
+
+    def apply_update(self) -> None:
+        self.engine.noisy_average(self.noise, self.plan.noise_multiplier, self.plan.expected_batch_size)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def train(
+        self,
+        start_step: int = 0,
+        *,
+        before_update: Callable[[int], None] | None = None,
+        after_step: Callable[[StepReport], None] | None = None,
+    ) -> TrainResult:
+        """Run steps start_step+1 … plan.steps. `before_update(t)` must durably count step t as spent."""
+        self.engine.attach()
+        t0 = time.perf_counter()
+        seen = 0
+        try:
+            for step in range(start_step + 1, self.plan.steps + 1):
+                report = self.run_step(step)
+                if before_update is not None:
+                    before_update(step)
+                self.apply_update()
+                seen += report.examples
+                if after_step is not None:
+                    after_step(report)
+        finally:
+            self.engine.detach()
+        return TrainResult(self.plan.steps - start_step, time.perf_counter() - t0, seen, self.engine.describe())
+
+
+def train_nonprivate(
+    model: nn.Module,
+    *,
+    num_examples: int,
+    collate: Collate,
+    epochs: float,
+    batch_size: int,
+    physical_batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    precision: str = "fp32",
+    seed: int = 0,
+    after_step: Callable[[StepReport], None] | None = None,
+) -> TrainResult:
+    """Ordinary fine-tuning (ε = ∞), for comparison: shuffled fixed-size batches, mean loss, no clipping/noise."""
+    gen = torch.Generator().manual_seed(seed)
+    steps_per_epoch = max(1, math.ceil(num_examples / batch_size))
+    total = max(1, round(epochs * steps_per_epoch))
+    order: list[int] = []
+    t0 = time.perf_counter()
+    seen = 0
+    model.train()
+    for step in range(1, total + 1):
+        ts = time.perf_counter()
+        if len(order) < batch_size:
+            order += torch.randperm(num_examples, generator=gen).tolist()
+        ids, order = order[:batch_size], order[batch_size:]
+        loss_sum = 0.0
+        for lo in range(0, len(ids), physical_batch_size):
+            chunk = ids[lo : lo + physical_batch_size]
+            batch = {k: v.to(device) for k, v in collate(chunk).items()}
+            with autocast_for(device, precision):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                losses = per_example_lm_loss(logits, batch["labels"])
+            (losses.sum() / len(ids)).backward()
+            loss_sum += float(losses.detach().sum())
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seen += len(ids)
+        if after_step is not None:
+            after_step(StepReport(step, total, len(ids), loss_sum / len(ids), time.perf_counter() - ts))
+    return TrainResult(total, time.perf_counter() - t0, seen)
