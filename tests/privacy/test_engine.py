@@ -185,7 +185,7 @@ def test_micro_batches_accumulate_to_the_same_sum() -> None:
     names = {id(p): n for n, p in model.named_parameters()}
     for p in engine.params:
         torch.testing.assert_close(engine.clipped_sum(p).double(), ref[names[id(p)]], rtol=2e-4, atol=2e-6)
-    assert engine.examples_in_step == 5
+    assert engine.units_in_step == 5
 
 
 class _Weird(nn.Module):
@@ -218,3 +218,44 @@ def test_embedding_padding_idx_row_is_never_updated() -> None:
     batch = make_batch()
     assert (batch["input_ids"][batch["attention_mask"].bool()] == 5).any()
     assert_match(model, 0.05, batch)
+
+
+@pytest.mark.parametrize("model_fn", [tiny_llama, tiny_gpt2])
+def test_user_level_units_are_clipped_as_one(model_fn) -> None:
+    """Rows 0,1 belong to user 0, row 2 to user 1, rows 3,4 to user 2 (not even contiguous in the batch order
+    below): each user's *summed* gradient is clipped once, as user-level DP requires."""
+    model = model_fn()
+    batch = make_batch()
+    groups = torch.tensor([0, 2, 1, 0, 2])
+    clip = 0.05
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    per_row = []
+    for i in range(5):
+        n_tok = int(batch["attention_mask"][i].sum())
+        ids = batch["input_ids"][i : i + 1, :n_tok]
+        model.zero_grad(set_to_none=True)
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+        per_example_lm_loss(out.logits, batch["labels"][i : i + 1, :n_tok]).sum().backward()
+        per_row.append({n: p.grad.double().clone() for n, p in params.items()})
+    model.zero_grad(set_to_none=True)
+    ref = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
+    ref_norms = []
+    for u in range(3):
+        rows = [i for i in range(5) if int(groups[i]) == u]
+        unit = {n: sum(per_row[i][n] for i in rows) for n in params}
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in unit.values()))
+        ref_norms.append(norm)
+        for n in ref:
+            ref[n] += unit[n] * min(1.0, clip / (float(norm) + 1e-6))
+
+    engine = ClippingEngine(model, clip).attach()
+    with engine.microbatch(5, batch["input_ids"].shape[1]):
+        losses = per_example_lm_loss(model(input_ids=batch["input_ids"],
+                                           attention_mask=batch["attention_mask"]).logits, batch["labels"])
+    norms = engine.backward(losses, groups=groups)
+    torch.testing.assert_close(norms.double(), torch.stack(ref_norms), rtol=2e-4, atol=1e-6)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for p in engine.params:
+        torch.testing.assert_close(engine.clipped_sum(p).double(), ref[names[id(p)]], rtol=2e-4, atol=2e-6)
+    assert engine.units_in_step == 3
+    engine.detach()

@@ -28,6 +28,7 @@ from torch import nn
 
 from dpsynth.privacy.layers import (
     EmbeddingHandler,
+    Grouping,
     LayerHandler,
     LinearHandler,
     NormHandler,
@@ -60,7 +61,7 @@ class ClippingEngine:
         self.cross_terms: list[TiedEmbeddingCross] = []
         self._discover(seq_len_hint)
         self.summed: dict[nn.Parameter, torch.Tensor] = {}
-        self.examples_in_step = 0
+        self.units_in_step = 0
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._active = False
         self._suspended = False
@@ -172,26 +173,29 @@ class ClippingEngine:
         finally:
             self._active = False
 
-    def backward(self, per_example_loss: torch.Tensor) -> torch.Tensor:
-        """Backpropagate Σ_i ℓ_i, clip each example's gradient to C, add the clipped sum to the accumulators.
+    def backward(self, per_example_loss: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+        """Backpropagate Σ_i ℓ_i, clip each privacy unit's gradient to C, add the clipped sum to the accumulators.
 
-        Returns the per-example gradient norms before clipping (private: for tests and debugging, not for logs).
+        `groups[i]` is the unit (0…U-1) of row i when a unit holds several rows (user-level DP); all rows of a
+        unit must be in this micro-batch. Returns each unit's gradient norm before clipping (private: for tests
+        and debugging, never for logs).
         """
         b = per_example_loss.shape[0]
         if b != self._batch_size:
             raise ValueError(f"expected {self._batch_size} per-example losses, got {b}")
+        grouping = Grouping(b, None if groups is None else groups.to(per_example_loss.device))
         per_example_loss.sum().backward()
-        norm_sq = torch.zeros(b, dtype=torch.float32, device=per_example_loss.device)
+        norm_sq = torch.zeros(grouping.num_units, dtype=torch.float32, device=per_example_loss.device)
         for h in self.handlers:
-            norm_sq += h.norm_sq(b).to(norm_sq.device)
+            norm_sq += h.norm_sq(grouping).to(norm_sq.device)
         for cross in self.cross_terms:
-            norm_sq += cross.norm_sq(b).to(norm_sq.device)
+            norm_sq += cross.norm_sq(grouping).to(norm_sq.device)
         norms = norm_sq.clamp_min(0).sqrt()
-        clip = (self.clip_norm / (norms + _EPS)).clamp(max=1.0)
+        clip = grouping.to_rows((self.clip_norm / (norms + _EPS)).clamp(max=1.0))
         for h in self.handlers:
             h.add_clipped(clip, self.summed)
             h.reset()
-        self.examples_in_step += b
+        self.units_in_step += grouping.num_units
         return norms
 
     # ------------------------------------------------------------------ per logical step
@@ -216,4 +220,4 @@ class ClippingEngine:
                 total.add_(noise.normal_like(total, std))
             p.grad = total.div_(expected_batch_size).to(p.dtype)
         self.summed.clear()
-        self.examples_in_step = 0
+        self.units_in_step = 0

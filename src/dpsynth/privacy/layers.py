@@ -35,6 +35,50 @@ class _Record:
     grad_output: torch.Tensor | None = None
 
 
+class Grouping:
+    """Which privacy unit each row of a micro-batch belongs to (user-level DP: a user's records are one unit).
+
+    A unit's gradient is the sum of its rows' gradients, so its ghost norm is the ghost norm of its rows laid end
+    to end along the position axis: (U, K·T, F) with zero rows where a unit has fewer than K records (zeros add
+    nothing to either Gram matrix). With `groups=None` every row is its own unit and nothing is copied.
+    """
+
+    def __init__(self, batch_size: int, groups: torch.Tensor | None = None) -> None:
+        self.batch_size = batch_size
+        self.groups = groups
+        if groups is None:
+            self.num_units = batch_size
+            return
+        if groups.shape != (batch_size,):
+            raise ValueError("groups must give one unit index per row")
+        self.num_units = int(groups.max()) + 1 if batch_size else 0
+        counts = torch.bincount(groups, minlength=self.num_units)
+        self.max_rows = int(counts.max()) if batch_size else 0
+        order = torch.argsort(groups, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.empty_like(groups)
+        slot[order] = torch.arange(batch_size, device=groups.device) - starts[groups[order]]
+        self.slot = slot
+
+    def concat_positions(self, x: torch.Tensor, fill: float = 0) -> torch.Tensor:
+        """(B, T, ...) → (U, K·T, ...): each unit's rows one after the other."""
+        if self.groups is None:
+            return x
+        out = x.new_full((self.num_units, self.max_rows, *x.shape[1:]), fill)
+        out[self.groups, self.slot] = x
+        return out.reshape(self.num_units, self.max_rows * x.shape[1], *x.shape[2:])
+
+    def sum_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, ...) → (U, ...): per-unit sums of per-row quantities (instantiated gradients)."""
+        if self.groups is None:
+            return x
+        out = x.new_zeros((self.num_units, *x.shape[1:]))
+        return out.index_add_(0, self.groups, x)
+
+    def to_rows(self, per_unit: torch.Tensor) -> torch.Tensor:
+        return per_unit if self.groups is None else per_unit[self.groups]
+
+
 @dataclass
 class LayerHandler:
     """Base class: owns a module's trainable parameters and the records of its calls in one micro-batch."""
@@ -55,7 +99,8 @@ class LayerHandler:
     def on_grad(self, record: _Record) -> None:
         """Called from the backward hook once the record's output gradient is known."""
 
-    def norm_sq(self, batch_size: int) -> torch.Tensor:
+    def norm_sq(self, grouping: Grouping) -> torch.Tensor:
+        """Squared gradient norm of each privacy unit, shape (U,)."""
         raise NotImplementedError
 
     def add_clipped(self, clip: torch.Tensor, sums: dict[nn.Parameter, torch.Tensor]) -> None:
@@ -145,17 +190,18 @@ class LinearHandler(LayerHandler):
     def _has_ghost_data(self) -> bool:
         return any(r.grad_output is not None for r in self.records)
 
-    def norm_sq(self, batch_size: int) -> torch.Tensor:
-        out = torch.zeros(batch_size, dtype=_FP, device=self.module.weight.device)
+    def norm_sq(self, grouping: Grouping) -> torch.Tensor:
+        out = torch.zeros(grouping.num_units, dtype=_FP, device=self.module.weight.device)
         if self.weight is not None:
             if self.ghost:
                 if self._has_ghost_data():
                     a, g = self._ghost_tensors()
+                    a, g = grouping.concat_positions(a), grouping.concat_positions(g)
                     out += (_gram(a) * _gram(g)).sum((1, 2))
             elif self._per_example is not None:
-                out += self._per_example.pow(2).sum((1, 2))
+                out += grouping.sum_rows(self._per_example).pow(2).sum((1, 2))
         if self._bias_per_example is not None:
-            out += self._bias_per_example.pow(2).sum(1)
+            out += grouping.sum_rows(self._bias_per_example).pow(2).sum(1)
         return out
 
     def add_clipped(self, clip: torch.Tensor, sums: dict[nn.Parameter, torch.Tensor]) -> None:
@@ -204,10 +250,11 @@ class EmbeddingHandler(LayerHandler):
             g = g * (ids != pad).unsqueeze(-1).to(_FP)
         return ids, g
 
-    def norm_sq(self, batch_size: int) -> torch.Tensor:
+    def norm_sq(self, grouping: Grouping) -> torch.Tensor:
         if not any(r.grad_output is not None for r in self.records):
-            return torch.zeros(batch_size, dtype=_FP, device=self.weight.device)
+            return torch.zeros(grouping.num_units, dtype=_FP, device=self.weight.device)
         ids, g = self.ids_and_grads()
+        ids, g = grouping.concat_positions(ids, fill=-1), grouping.concat_positions(g)
         same = (ids.unsqueeze(2) == ids.unsqueeze(1)).to(_FP)
         return (same * _gram(g)).sum((1, 2))
 
@@ -234,12 +281,15 @@ class TiedEmbeddingCross:
         self.embedding = embedding
         self.projection = projection
 
-    def norm_sq(self, batch_size: int) -> torch.Tensor:
+    def norm_sq(self, grouping: Grouping) -> torch.Tensor:
         emb, proj = self.embedding, self.projection
         if not any(r.grad_output is not None for r in emb.records) or not proj._has_ghost_data():
-            return torch.zeros(batch_size, dtype=_FP, device=emb.weight.device)
+            return torch.zeros(grouping.num_units, dtype=_FP, device=emb.weight.device)
         ids, e = emb.ids_and_grads()  # B×T, B×T×d
         h, g = proj._ghost_tensors()  # B×S×d, B×S×V
+        # Padding slots get id 0 with zero gradients: they add nothing to the cross term.
+        ids, e = grouping.concat_positions(ids, fill=0), grouping.concat_positions(e)
+        h, g = grouping.concat_positions(h), grouping.concat_positions(g)
         idx = ids.unsqueeze(1).expand(g.shape[0], g.shape[1], ids.shape[1])
         g_at_ids = torch.gather(g.to(_FP), 2, idx)  # B×S×T: g_s[x_t]
         k = torch.bmm(e, h.to(_FP).transpose(1, 2))  # B×T×S: e_t·h_s
@@ -293,10 +343,10 @@ class NormHandler(LayerHandler):
         self._per_example = total
         return total
 
-    def norm_sq(self, batch_size: int) -> torch.Tensor:
-        out = torch.zeros(batch_size, dtype=_FP, device=next(iter(self.params.values())).device)
+    def norm_sq(self, grouping: Grouping) -> torch.Tensor:
+        out = torch.zeros(grouping.num_units, dtype=_FP, device=next(iter(self.params.values())).device)
         for gr in self._compute().values():
-            out += gr.reshape(batch_size, -1).pow(2).sum(1)
+            out += grouping.sum_rows(gr).reshape(grouping.num_units, -1).pow(2).sum(1)
         return out
 
     def add_clipped(self, clip: torch.Tensor, sums: dict[nn.Parameter, torch.Tensor]) -> None:
