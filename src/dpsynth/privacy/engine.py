@@ -19,7 +19,7 @@ by the expected batch size q·N — not the realised one, which is itself privat
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -204,18 +204,26 @@ class ClippingEngine:
         s = self.summed.get(param)
         return s if s is not None else torch.zeros(param.shape, dtype=torch.float32, device=param.device)
 
-    def noisy_average(self, noise: NoiseSource | None, noise_multiplier: float, expected_batch_size: float) -> None:
+    def noisy_average(self, noise: NoiseSource | None, noise_multiplier: float, expected_batch_size: float,
+                      *, all_reduce: Callable[[list[torch.Tensor]], None] | None = None) -> None:
         """Set `p.grad = (Σ clip(g_i) + N(0, σ²C²)) / (q·N)` for every trainable parameter, once per logical step.
 
-        `noise=None` is only for tests that check the clipped sum itself.
+        With data parallelism, `all_reduce` sums the clipped sums across ranks in place *before* the noise; every
+        rank then adds the same draw (the noise source is seeded identically on all ranks), so the noise enters
+        exactly once, not once per rank. `noise=None` is only for tests that check the clipped sum itself.
         """
         if not expected_batch_size > 0:
             raise ValueError("expected_batch_size must be positive")
         std = noise_multiplier * self.clip_norm
+        totals = []
         for p in self.params:
             total = self.summed.pop(p, None)
             if total is None:  # no example touched it (e.g. an empty Poisson batch): noise alone
                 total = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+            totals.append(total)
+        if all_reduce is not None:
+            all_reduce(totals)
+        for p, total in zip(self.params, totals, strict=True):
             if noise is not None and std > 0:
                 total.add_(noise.normal_like(total, std))
             p.grad = total.div_(expected_batch_size).to(p.dtype)

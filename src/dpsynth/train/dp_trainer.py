@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from dpsynth.privacy.engine import ClippingEngine, NoiseSource
+from dpsynth.train.distributed import DistContext
 from dpsynth.train.loss import per_example_lm_loss
 
 
@@ -86,6 +87,7 @@ class DPTrainer:
         optimizer: torch.optim.Optimizer,
         device: torch.device,
         precision: str = "fp32",
+        dist_ctx: DistContext | None = None,
     ) -> None:
         self.model = model
         self.plan = plan
@@ -96,11 +98,12 @@ class DPTrainer:
         self.optimizer = optimizer
         self.device = device
         self.precision = precision
+        self.dist = dist_ctx or DistContext()
         self.engine = ClippingEngine(model, plan.clip_norm)
 
     def _micro_batches(self, unit_ids: Sequence[int]) -> list[list[int]]:
-        """The step's examples, sorted longest first (less padding), packed into micro-batches."""
-        examples = sorted((int(i) for i in unit_ids), key=lambda i: -self.lengths[i])
+        """This rank's share of the step's examples, sorted longest first (less padding), in micro-batches."""
+        examples = self.dist.shard(sorted((int(i) for i in unit_ids), key=lambda i: -self.lengths[i]))
         size = self.plan.physical_batch_size
         return [examples[i : i + size] for i in range(0, len(examples), size)]
 
@@ -122,23 +125,29 @@ class DPTrainer:
         return StepReport(step, self.plan.steps, n, loss_sum / n if n else None, time.perf_counter() - t0)
 
     def apply_update(self) -> None:
-        self.engine.noisy_average(self.noise, self.plan.noise_multiplier, self.plan.expected_batch_size)
+        self.engine.noisy_average(self.noise, self.plan.noise_multiplier, self.plan.expected_batch_size,
+                                  all_reduce=self.dist.all_reduce_sum if self.dist.enabled else None)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     def train(
         self,
         start_step: int = 0,
+        num_steps: int | None = None,
         *,
         before_update: Callable[[int], None] | None = None,
         after_step: Callable[[StepReport], None] | None = None,
     ) -> TrainResult:
-        """Run steps start_step+1 … plan.steps. `before_update(t)` must durably count step t as spent."""
+        """Take `num_steps` noisy updates (default: up to plan.steps) numbered from start_step+1.
+
+        `before_update(t)` must durably count step t as spent; it runs before the update is applied.
+        """
+        todo = self.plan.steps - start_step if num_steps is None else num_steps
         self.engine.attach()
         t0 = time.perf_counter()
         seen = 0
         try:
-            for step in range(start_step + 1, self.plan.steps + 1):
+            for step in range(start_step + 1, start_step + todo + 1):
                 report = self.run_step(step)
                 if before_update is not None:
                     before_update(step)
@@ -148,7 +157,7 @@ class DPTrainer:
                     after_step(report)
         finally:
             self.engine.detach()
-        return TrainResult(self.plan.steps - start_step, time.perf_counter() - t0, seen, self.engine.describe())
+        return TrainResult(todo, time.perf_counter() - t0, seen, self.engine.describe())
 
 
 def train_nonprivate(
