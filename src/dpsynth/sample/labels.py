@@ -1,0 +1,293 @@
+"""Where the label combinations for conditional sampling come from.
+
+The reference recipe samples labels "in the real data's proportions" read straight off the private data, which
+is not covered by ε. Here the proportions are either a Gaussian-mechanism histogram over the *joint* label
+combinations (paid for from the privacy budget by the caller's accountant) or a distribution the user declares
+public (a file of weights, or uniform). Raw private counts never leave `dp_label_histogram`.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from dpsynth.errors import DpsynthError
+
+Source = Literal["dp-histogram", "public-file", "uniform"]
+
+# The Gaussian mechanism adds noise to every cell of the product, so the product must be small enough to hold.
+MAX_CELLS = 5_000_000
+WEIGHT_COLUMNS = ("weight", "count", "probability", "p")
+
+
+@dataclass
+class LabelDistribution:
+    """A distribution over label combinations, safe to publish (DP-noised or declared public).
+
+    `combos[i]` maps each label column to a string value; `probabilities[i]` is its probability. `noise_multiplier`
+    is the Gaussian σ / sensitivity used (None for public sources, 0.0 for the exact, non-private histogram).
+    `noisy_counts` keeps the mechanism's raw output (noise included, before clipping) for audits and tests.
+    """
+
+    label_columns: list[str]
+    combos: list[dict[str, str]]
+    probabilities: np.ndarray
+    source: Source
+    noise_multiplier: float | None = None
+    sensitivity: float | None = None
+    categories_declared: bool = False
+    fell_back_to_uniform: bool = False
+    notes: list[str] = field(default_factory=list)
+    noisy_counts: np.ndarray | None = None  # the released Gaussian-mechanism output, before clipping (DP-safe)
+
+    def __post_init__(self) -> None:
+        p = np.asarray(self.probabilities, dtype=np.float64)
+        if p.ndim != 1 or len(p) != len(self.combos) or len(p) == 0:
+            raise ValueError("probabilities must be a non-empty 1-D array with one entry per combination")
+        if np.any(p < 0) or not np.isfinite(p).all() or p.sum() <= 0:
+            raise ValueError("probabilities must be finite, non-negative and not all zero")
+        self.probabilities = p / p.sum()
+
+    @property
+    def private(self) -> bool:
+        """True when the proportions carry a DP guarantee (noise > 0) or come from a declared-public source."""
+        return self.source != "dp-histogram" or bool(self.noise_multiplier)
+
+    def allocate(self, n: int) -> np.ndarray:
+        """How many of `n` samples each combination gets: exact proportional allocation, largest remainder.
+
+        Every count is floor(n·p) or that plus one, so the empirical proportions are as close to `probabilities` as
+        integers allow (zero variance, unlike i.i.d. draws). Ties in the remainder go to the earlier combination.
+        """
+        if n < 0:
+            raise ValueError("n must be non-negative")
+        exact = self.probabilities * n
+        counts = np.floor(exact).astype(np.int64)
+        short = n - int(counts.sum())
+        if short > 0:
+            remainder = exact - counts
+            order = np.lexsort((np.arange(len(remainder)), -remainder))  # largest remainder, then lowest index
+            counts[order[:short]] += 1
+        return counts
+
+    def draw(self, n: int, seed: int = 0) -> list[dict[str, str]]:
+        """`n` label combinations in the exact proportions (see `allocate`), in a seeded random order.
+
+        Deterministic in (`n`, `seed`): a resumed run re-draws the same list and can skip the rows already written.
+        """
+        counts = self.allocate(n)
+        index = np.repeat(np.arange(len(self.combos)), counts)
+        order = np.random.default_rng(seed).permutation(n)
+        return [dict(self.combos[i]) for i in index[order]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able summary (the probabilities are DP or public, so they may be published)."""
+        return {
+            "source": self.source,
+            "label_columns": list(self.label_columns),
+            "noise_multiplier": self.noise_multiplier,
+            "sensitivity": self.sensitivity,
+            "categories_declared": self.categories_declared,
+            "fell_back_to_uniform": self.fell_back_to_uniform,
+            "num_combinations": len(self.combos),
+            "combinations": [{**c, "probability": float(p)} for c, p in zip(self.combos, self.probabilities)],
+            "notes": list(self.notes),
+        }
+
+
+def _check_columns(label_columns: Sequence[str]) -> list[str]:
+    cols = list(label_columns)
+    if not cols:
+        raise DpsynthError("No label columns were given; pass at least one label column to build a label distribution.")
+    if len(set(cols)) != len(cols):
+        raise DpsynthError("A label column is listed twice; list each label column once.")
+    return cols
+
+
+def _product(cols: list[str], values: Mapping[str, Sequence[str]]) -> list[dict[str, str]]:
+    sizes = [len(values[c]) for c in cols]
+    if any(s == 0 for s in sizes):
+        empty = [c for c, s in zip(cols, sizes) if s == 0]
+        raise DpsynthError(f"Label column(s) {empty} have no values; declare at least one value for each column.")
+    if math.prod(sizes) > MAX_CELLS:
+        raise DpsynthError(f"The label columns have {math.prod(sizes):,} value combinations (more than {MAX_CELLS:,}); "
+                           "use fewer or coarser label columns.")
+    return [dict(zip(cols, combo)) for combo in itertools.product(*(values[c] for c in cols))]
+
+
+def _declared(categories: Mapping[str, Sequence[Any]], cols: list[str]) -> dict[str, list[str]]:
+    missing = [c for c in cols if c not in categories]
+    if missing:
+        raise DpsynthError(f"Declared categories lack label column(s) {missing}; "
+                           "declare the values of every label column.")
+    out: dict[str, list[str]] = {}
+    for c in cols:
+        vals = [str(v) for v in categories[c]]
+        if len(set(vals)) != len(vals):
+            raise DpsynthError(f"The declared values of label column '{c}' contain a duplicate; list each value once.")
+        out[c] = vals
+    return out
+
+
+def dp_label_histogram(
+    label_rows: Any,
+    label_columns: Sequence[str],
+    noise_multiplier: float,
+    sensitivity: float = 1.0,
+    *,
+    categories: Mapping[str, Sequence[Any]] | None = None,
+    seed: int | None = None,
+    generator: np.random.Generator | None = None,
+) -> LabelDistribution:
+    """A Gaussian-mechanism histogram of the joint label combinations, normalised to a distribution.
+
+    Noise N(0, (noise_multiplier·sensitivity)²) is added to the count of *every* cell of the cartesian product of the
+    columns' value sets, including empty cells, so which cells exist does not depend on any one record. Use
+    `sensitivity=1` for record-level DP under add/remove, `k` for user-level DP with at most k records per user (all
+    k may fall in one cell, so the L2 change is at most k). The (ε, δ) cost of this release is the caller's to
+    account (it is one Gaussian mechanism with this noise multiplier).
+
+    The value set of each column is the schema. If `categories` is None it is taken from the data (sorted distinct
+    values as strings): strictly that set is itself data-dependent and not covered by the noise, so the result says
+    `categories_declared=False`; declare the sets publicly to close that gap. With declared categories, records
+    whose value is not declared are not counted (silently: reporting how many would itself leak).
+
+    Post-processing (free of privacy cost): negative noisy counts are clipped to 0 and the rest normalised; if every
+    cell clips to 0 the distribution falls back to uniform over the product and says so (`fell_back_to_uniform`).
+    `noise_multiplier=0` gives the exact, non-private distribution (for ε = ∞ runs); it is marked as such.
+    """
+    import pandas as pd
+
+    cols = _check_columns(label_columns)
+    if noise_multiplier < 0 or not math.isfinite(noise_multiplier):
+        raise DpsynthError("The label histogram's noise multiplier must be a finite number ≥ 0.")
+    if sensitivity <= 0 or not math.isfinite(sensitivity):
+        raise DpsynthError("The label histogram's sensitivity must be a finite number > 0.")
+    frame = label_rows if isinstance(label_rows, pd.DataFrame) else pd.DataFrame(label_rows)
+    missing = [c for c in cols if c not in frame.columns]
+    if missing:
+        raise DpsynthError(f"Label column(s) {missing} are not in the data; check the label column names.")
+    keys = frame[cols].astype(str)
+
+    if categories is not None:
+        values = _declared(categories, cols)
+    else:
+        values = {c: sorted(keys[c].unique().tolist()) for c in cols}
+    combos = _product(cols, values)
+
+    # Joint counts over the product, cell index in row-major (itertools.product) order.
+    sizes = [len(values[c]) for c in cols]
+    index = np.zeros(len(keys), dtype=np.int64)
+    valid = np.ones(len(keys), dtype=bool)
+    for c, size in zip(cols, sizes):
+        pos = {v: i for i, v in enumerate(values[c])}
+        col_idx = keys[c].map(pos)
+        valid &= col_idx.notna().to_numpy()
+        index = index * size + col_idx.fillna(0).to_numpy(dtype=np.int64)
+    counts = np.bincount(index[valid], minlength=len(combos)).astype(np.float64)
+
+    std = float(noise_multiplier) * float(sensitivity)
+    if std > 0:
+        rng = generator if generator is not None else np.random.default_rng(seed)
+        counts = counts + rng.normal(0.0, std, size=counts.shape)
+    clipped = np.clip(counts, 0.0, None)
+    notes: list[str] = []
+    if categories is None:
+        notes.append("Label values were read from the private data (not declared): the set of values is not covered "
+                     "by the DP noise; declare categories to cover it.")
+    if std == 0:
+        notes.append("Noise multiplier 0: the exact label distribution of the data (no privacy).")
+    fell_back = not clipped.sum() > 0
+    if fell_back:
+        clipped = np.ones_like(clipped)
+        notes.append("Every noisy count was ≤ 0; sampling labels uniformly over all combinations instead.")
+    return LabelDistribution(cols, combos, clipped, "dp-histogram", noise_multiplier=float(noise_multiplier),
+                             sensitivity=float(sensitivity), categories_declared=categories is not None,
+                             fell_back_to_uniform=fell_back, notes=notes, noisy_counts=counts)
+
+
+def _read_weight_rows(path: Path) -> list[dict[str, Any]]:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            with path.open(newline="", encoding="utf-8") as f:
+                return list(csv.DictReader(f))
+        if suffix == ".jsonl":
+            with path.open(encoding="utf-8") as f:
+                return [json.loads(line) for line in f if line.strip()]
+        if suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and "combinations" in data:
+                data = data["combinations"]
+            if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+                raise DpsynthError(f"{path.name} must hold a list of objects, one per label combination.")
+            return data
+    except (json.JSONDecodeError, csv.Error, UnicodeDecodeError) as e:
+        raise DpsynthError(f"Could not parse the label distribution file {path.name} ({type(e).__name__}); "
+                           "check that it is valid CSV/JSON.") from None
+    raise DpsynthError(f"The label distribution file {path.name} must end in .csv, .json or .jsonl.")
+
+
+def public_label_distribution(
+    source: str | Path,
+    label_columns: Sequence[str],
+    categories: Mapping[str, Sequence[Any]] | None = None,
+) -> LabelDistribution:
+    """A label distribution the user declares public: `"uniform"` or a CSV/JSON(L) file of combinations.
+
+    A file has one row/object per combination with every label column, plus an optional weight column (`weight`,
+    `count`, `probability` or `p`); without one every row weighs 1, so a public sample of label rows gives its
+    empirical proportions. Repeated combinations add up. `"uniform"` needs `categories` (the declared values of each
+    column): there is no public source for them otherwise. With `categories`, a file's combinations must use
+    declared values only. No privacy budget is spent: the declaration that the source is public is the user's.
+    """
+    cols = _check_columns(label_columns)
+    if str(source).strip().lower() == "uniform":
+        if categories is None:
+            raise DpsynthError("A uniform label distribution needs the label values declared (categories); "
+                               "declare them, or use a DP histogram or a public file of label weights.")
+        values = _declared(categories, cols)
+        combos = _product(cols, values)
+        return LabelDistribution(cols, combos, np.ones(len(combos)), "uniform", categories_declared=True,
+                                 notes=["Labels drawn uniformly over the declared value combinations."])
+
+    path = Path(source)
+    if not path.is_file():
+        raise DpsynthError(f"Label distribution file {path} does not exist; pass 'dp', 'uniform' or a CSV/JSON path.")
+    rows = _read_weight_rows(path)
+    if not rows:
+        raise DpsynthError(f"The label distribution file {path.name} has no rows; add one row per label combination.")
+    missing = [c for c in cols if c not in rows[0]]
+    if missing:
+        raise DpsynthError(f"The label distribution file {path.name} lacks label column(s) {missing}.")
+    wcol = next((w for w in WEIGHT_COLUMNS if w in rows[0]), None)
+    declared = _declared(categories, cols) if categories is not None else None
+    weights: dict[tuple[str, ...], float] = {}
+    for r in rows:
+        key = tuple(str(r[c]) for c in cols)
+        if declared is not None:
+            bad = [c for c, v in zip(cols, key) if v not in declared[c]]
+            if bad:
+                raise DpsynthError(f"The label distribution file {path.name} uses a value of column(s) {bad} that "
+                                   "is not among the declared categories.")
+        try:
+            w = float(r[wcol]) if wcol else 1.0
+        except (TypeError, ValueError):
+            raise DpsynthError(f"The '{wcol}' column of {path.name} must hold numbers.") from None
+        if not math.isfinite(w) or w < 0:
+            raise DpsynthError(f"The '{wcol}' column of {path.name} must hold finite non-negative numbers.")
+        weights[key] = weights.get(key, 0.0) + w
+    if sum(weights.values()) <= 0:
+        raise DpsynthError(f"The weights in {path.name} are all zero; give at least one combination a weight > 0.")
+    combos = [dict(zip(cols, k)) for k in weights]
+    return LabelDistribution(cols, combos, np.array(list(weights.values())), "public-file",
+                             categories_declared=declared is not None,
+                             notes=[f"Label proportions declared public by the user ({path.name})."])
