@@ -58,3 +58,9 @@ def tiny_model(tokenizer):
 @pytest.fixture(scope="session")
 def tiny_model_f64(tokenizer):
     return make_model(tokenizer, dtype=torch.float64, init_range=0.5)
+
+
+@pytest.fixture(scope="session")
+def model_factory():
+    """`make_model` for tests that need a particular variant (EOS bias, dtype, seed)."""
+    return make_model
