@@ -26,7 +26,7 @@ class SeededNoise:
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def normal_like(self, tensor: torch.Tensor, std: float) -> torch.Tensor:
-        return torch.randn(tensor.shape, generator=self.generator, device=tensor.device, dtype=tensor.dtype) * std
+        return torch.randn(tensor.shape, generator=self.generator, device=tensor.device, dtype=tensor.dtype).mul_(std)
 
 
 def cpu_name() -> str:

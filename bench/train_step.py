@@ -2,7 +2,9 @@
 
 Everything runs side by side in one invocation — same model (random weights from a config, no download), same batch,
 sequence length and hardware — and reports the median wall time of `--steps` steps after `--warmup` warm-up steps
-(forward, backward, clipping and noise where private, AdamW step, zero_grad) and the peak memory of each.
+(forward, backward, clipping and noise where private, AdamW step, zero_grad), the median time of each phase
+(forward / backward / noise / optimizer; Opacus adds its noise inside the optimizer step) and the peak memory.
+On a shared machine, `--repeats R` runs all methods R times in interleaved rounds and keeps each one's best round.
 
 Run (repository root):
     .venv/bin/python bench/train_step.py --model smollm2-shape --batch 8 --seq-len 64 --steps 3 --warmup 1
@@ -87,6 +89,7 @@ class BenchConfig:
     seed: int = 0
     isolate: str = "auto"  # auto: a child process per (mode, method) on CPU, in-process on CUDA
     child_timeout_s: float = 3600.0
+    repeats: int = 1  # rounds over all (mode, method); the lowest median is kept (robust to a busy shared machine)
     profile_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -97,8 +100,8 @@ class BenchConfig:
             raise ValueError(f"unknown mode/method {bad}; modes: {MODES}, methods: {METHODS}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError("precision must be fp32 or bf16")
-        if min(self.batch, self.seq_len, self.steps) < 1 or self.warmup < 0:
-            raise ValueError("batch, seq-len and steps must be ≥ 1, warmup ≥ 0")
+        if min(self.batch, self.seq_len, self.steps, self.repeats) < 1 or self.warmup < 0:
+            raise ValueError("batch, seq-len, steps and repeats must be ≥ 1, warmup ≥ 0")
 
     def use_subprocess(self) -> bool:
         if self.isolate == "auto":
@@ -196,9 +199,34 @@ class PerExampleLMCriterion(nn.Module):
         return losses.sum() if self.reduction == "sum" else losses.mean()
 
 
+class Laps:
+    """Wall-clock phases of one step (forward / backward / noise / optimizer), each closed by a device sync so a
+    phase is charged with its own queued work. The extra syncs cost microseconds against steps of milliseconds."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.phases: dict[str, float] = {}
+        self._t = 0.0
+
+    def start(self) -> None:
+        self.phases = {}
+        sync(self.device)
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        sync(self.device)
+        now = time.perf_counter()
+        self.phases[name] = self.phases.get(name, 0.0) + now - self._t
+        self._t = now
+
+    @property
+    def total(self) -> float:
+        return sum(self.phases.values())
+
+
 @dataclasses.dataclass
 class Prepared:
-    step: Callable[[], None]
+    step: Callable[[Laps], None]
     params: list[nn.Parameter]  # the trained parameters (dpsynth sets requires_grad=False on them while attached)
     info: dict[str, Any]
     keep: list[Any]  # objects that must outlive the timing loop (engine, wrappers, optimizer)
@@ -234,12 +262,15 @@ def prepare(cfg: BenchConfig, mode: str, method: str, device: torch.device) -> t
     if method.startswith("nonprivate"):
         opt = _adamw(params, cfg)
 
-        def step() -> None:
+        def step(laps: Laps) -> None:
             with amp:
                 loss = per_example_lm_loss(model(input_ids=ids, attention_mask=mask).logits, labels).mean()
+            laps.lap("forward")
             loss.backward()
+            laps.lap("backward")
             opt.step()
             opt.zero_grad(set_to_none=True)
+            laps.lap("optimizer")
 
         return model, Prepared(step, params, info, [opt])
 
@@ -251,13 +282,17 @@ def prepare(cfg: BenchConfig, mode: str, method: str, device: torch.device) -> t
         noise = SeededNoise(cfg.seed + 2, device)
         info["dpsynth_layers"] = dict(Counter(engine.describe().values()))
 
-        def step() -> None:
+        def step(laps: Laps) -> None:
             with engine.microbatch(b, t), amp:
                 losses = per_example_lm_loss(model(input_ids=ids, attention_mask=mask).logits, labels)
+            laps.lap("forward")
             engine.backward(losses)
+            laps.lap("backward")  # includes per-example norms and the clipped sum
             engine.noisy_average(noise, cfg.noise_multiplier, float(b))
+            laps.lap("noise")
             opt.step()
             opt.zero_grad(set_to_none=True)
+            laps.lap("optimizer")
 
         return model, Prepared(step, params, info, [engine, opt])
 
@@ -278,22 +313,28 @@ def prepare(cfg: BenchConfig, mode: str, method: str, device: torch.device) -> t
     if ghost:
         gsm, dp_opt, criterion, _ = made
 
-        def step() -> None:
+        def step(laps: Laps) -> None:
             with amp:
                 logits = gsm(input_ids=ids, attention_mask=mask).logits
             loss = criterion(logits, labels)
-            loss.backward()
-            dp_opt.step()
+            laps.lap("forward")
+            loss.backward()  # two backward passes: norms, then the reweighted loss
+            laps.lap("backward")
+            dp_opt.step()  # noise + AdamW
             dp_opt.zero_grad(set_to_none=True)
+            laps.lap("optimizer")
     else:
         gsm, dp_opt, _ = made
 
-        def step() -> None:
+        def step(laps: Laps) -> None:
             with amp:
                 loss = per_example_lm_loss(gsm(input_ids=ids, attention_mask=mask).logits, labels).mean()
-            loss.backward()
-            dp_opt.step()
+            laps.lap("forward")
+            loss.backward()  # per-example gradients materialised by the hooks
+            laps.lap("backward")
+            dp_opt.step()  # clip, sum, noise + AdamW
             dp_opt.zero_grad(set_to_none=True)
+            laps.lap("optimizer")
 
     return model, Prepared(step, params, info, [privacy, gsm, dp_opt])
 
@@ -326,8 +367,7 @@ def _profile_step(prep: Prepared, device: torch.device, path: Path) -> None:
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts, record_shapes=True) as prof:
-        prep.step()
-        sync(device)
+        prep.step(Laps(device))
     key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(prof.key_averages().table(sort_by=key, row_limit=40)
@@ -358,14 +398,16 @@ def measure(cfg: BenchConfig, mode: str, method: str) -> dict[str, Any]:
         after_setup = rss_bytes()
         hwm_reset = reset_peak_rss()
 
-    times = []
+    times: list[float] = []
+    phases: dict[str, list[float]] = {}
+    laps = Laps(device)
     for i in range(cfg.warmup + cfg.steps):
-        sync(device)
-        t0 = time.perf_counter()
-        prep.step()
-        sync(device)
+        laps.start()
+        prep.step(laps)
         if i >= cfg.warmup:
-            times.append(time.perf_counter() - t0)
+            times.append(laps.total)
+            for k, v in laps.phases.items():
+                phases.setdefault(k, []).append(v)
 
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
@@ -386,6 +428,7 @@ def measure(cfg: BenchConfig, mode: str, method: str) -> dict[str, Any]:
     result = {
         "time_s": median,
         "times_s": times,
+        "phases_s": {k: statistics.median(v) for k, v in phases.items()},
         "tokens_per_s": cfg.batch * cfg.seq_len / median,
         "peak_mem_bytes": peak_mem,
         "step_mem_bytes": step_mem,
@@ -469,25 +512,39 @@ def run_benchmark(cfg: BenchConfig, out: Path | None = None, *, progress: Callab
                           "the same peak above the memory right after model and method set-up"),
         "modes": {},
     }
-    for mode in cfg.modes:
-        results: dict[str, dict[str, Any]] = {}
-        for method in cfg.methods:
-            if mode != "full" and method in FULL_ONLY:
-                continue
-            if progress:
-                progress(f"{mode}/{method} …")
-            t0 = time.perf_counter()
-            res = measure_in_child(cfg, mode, method) if cfg.use_subprocess() else measure_safely(cfg, mode, method)
-            res["wall_s"] = time.perf_counter() - t0
-            results[method] = res
-            if progress:
-                done = (res["error"][:200] if "error" in res
-                        else f"{res['time_s']:.3f} s/step, peak {fmt_bytes(res['peak_mem_bytes'])}")
-                progress(f"{mode}/{method}: {done}")
-        report["modes"][mode] = summarise_mode(mode, results)
-        if out is not None:  # keep partial results if a later mode is interrupted
-            _write(report, out)
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for rep in range(cfg.repeats):
+        for mode in cfg.modes:
+            for method in cfg.methods:
+                if mode != "full" and method in FULL_ONLY:
+                    continue
+                tag = f"{mode}/{method}" + (f" (repeat {rep + 1}/{cfg.repeats})" if cfg.repeats > 1 else "")
+                if progress:
+                    progress(f"{tag} …")
+                t0 = time.perf_counter()
+                res = (measure_in_child(cfg, mode, method) if cfg.use_subprocess()
+                       else measure_safely(cfg, mode, method))
+                res["wall_s"] = time.perf_counter() - t0
+                runs.setdefault(mode, {}).setdefault(method, []).append(res)
+                if progress:
+                    done = (res["error"][:200] if "error" in res
+                            else f"{res['time_s']:.3f} s/step, peak {fmt_bytes(res['peak_mem_bytes'])}")
+                    progress(f"{tag}: {done}")
+                report["modes"][mode] = summarise_mode(mode, {m: _best(r) for m, r in runs[mode].items()})
+                if out is not None:  # keep partial results if the run is interrupted
+                    _write(report, out)
     return report
+
+
+def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """With repeats, keep the run with the lowest median: on a shared machine other load only ever slows a run."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[-1]
+    best = dict(min(ok, key=lambda r: r["time_s"]))
+    if len(runs) > 1:
+        best["time_s_repeats"] = [r.get("time_s") for r in runs]
+    return best
 
 
 def _write(report: dict[str, Any], out: Path) -> None:
@@ -509,22 +566,28 @@ def render_table(report: dict[str, Any]) -> None:
     m = report["machine"]
     hw = m.get("gpu") or f"{m['cpu']} ({m['cpu_count']} cores)"
     table = Table(title=f"train step: {cfg['model']}, batch {cfg['batch']} × {cfg['seq_len']} tokens, "
-                        f"{cfg['precision']} on {hw}; median of {cfg['steps']} after {cfg['warmup']} warm-up")
+                        f"{cfg['precision']} on {hw}; median of {cfg['steps']} after {cfg['warmup']} warm-up"
+                        + (f", best of {cfg['repeats']} rounds" if cfg.get("repeats", 1) > 1 else ""))
     for col in ("mode", "method", "s/step", "tokens/s", "× nonpriv", "peak mem", "× nonpriv", "step mem",
-                "trainable"):
+                "trainable", "fwd / bwd / noise / opt s"):
         table.add_column(col, justify="left" if col in ("mode", "method") else "right")
     for mode, entry in report["modes"].items():
         base = entry["methods"].get("nonprivate")
         for method, r in entry["methods"].items():
             if "error" in r:
-                table.add_row(mode, method, f"[red]failed: {r['error'][:90]}[/red]", *[""] * 6)
+                table.add_row(mode, method, f"[red]failed: {r['error'][:90]}[/red]", *[""] * 7)
                 continue
             tr, mr = _ratio(r, base, "time_s"), _ratio(r, base, "peak_mem_bytes")
             table.add_row(mode, method, f"{r['time_s']:.3f}", f"{r['tokens_per_s']:,.0f}",
                           "–" if tr is None else f"{tr:.2f}×", fmt_bytes(r["peak_mem_bytes"]),
                           "–" if mr is None else f"{mr:.2f}×", fmt_bytes(r["step_mem_bytes"]),
-                          f"{r['trainable_params'] / 1e6:,.2f}M")
-    Console(width=max(Console().width, 130)).print(table)
+                          f"{r['trainable_params'] / 1e6:,.2f}M", _phase_text(r.get("phases_s", {})))
+    Console(width=max(Console().width, 150)).print(table)
+
+
+def _phase_text(phases: dict[str, float]) -> str:
+    return " / ".join("–" if k not in phases else f"{phases[k]:.3g}" for k in ("forward", "backward", "noise",
+                                                                               "optimizer"))
 
 
 # ---------------------------------------------------------------- command line
@@ -545,6 +608,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--isolate", default="auto", choices=["auto", "process", "inprocess"],
                    help="auto: one child process per (mode, method) on CPU (clean peak RSS), in-process on CUDA")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rounds over all methods, interleaved; per method the round with the lowest median is kept")
     p.add_argument("--child-timeout", type=float, default=3600.0, help="seconds before a child run is abandoned")
     p.add_argument("--profile", action="store_true", help="also profile one extra step per method (text tables "
                                                           "next to --out)")
@@ -570,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
         model=args.model, device=args.device, precision=args.precision, batch=args.batch, seq_len=args.seq_len,
         steps=args.steps, warmup=args.warmup, modes=_split(args.modes), methods=_split(args.methods),
         clip_norm=args.clip_norm, noise_multiplier=args.noise_multiplier, lora_r=args.lora_r, seed=args.seed,
-        isolate=args.isolate, child_timeout_s=args.child_timeout,
+        isolate=args.isolate, child_timeout_s=args.child_timeout, repeats=args.repeats,
         profile_dir=str(args.out.resolve().parent) if args.profile else None,
     )
     report = run_benchmark(cfg, args.out, progress=lambda s: print(s, flush=True))

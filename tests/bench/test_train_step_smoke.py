@@ -31,6 +31,9 @@ def test_json_written_with_finite_positive_times_and_ratios(report: tuple[dict, 
             assert math.isfinite(r["time_s"]) and r["time_s"] > 0
             assert r["tokens_per_s"] == pytest.approx(3 * 16 / r["time_s"])
             assert r["updated_fraction"] == 1.0, "every trainable tensor must have been updated by the step"
+            assert r["phases_s"]["forward"] > 0 and r["phases_s"]["optimizer"] > 0
+            assert sum(r["phases_s"].values()) == pytest.approx(r["time_s"])  # one step: phases add up to it
+        assert set(entry["methods"]["dpsynth"]["phases_s"]) == {"forward", "backward", "noise", "optimizer"}
         for key in ("dp_time_ratio", "dp_memory_ratio", "opacus_hooks_time_ratio", "opacus_ghost_time_ratio"):
             assert key in entry
         assert entry["dp_time_ratio"] == pytest.approx(
@@ -54,6 +57,14 @@ def test_failure_is_recorded_not_raised(tmp_path: Path) -> None:
     entry = result["modes"]["lora"]
     assert "unknown model" in entry["methods"]["nonprivate"]["error"]
     assert entry["dp_time_ratio"] is None
+
+
+def test_repeats_keep_the_fastest_round(tmp_path: Path) -> None:
+    cfg = BenchConfig(model="tiny", batch=2, seq_len=8, steps=1, warmup=0, modes=("lora",),
+                      methods=("nonprivate",), isolate="inprocess", repeats=2)
+    r = run_benchmark(cfg, tmp_path / "r.json")["modes"]["lora"]["methods"]["nonprivate"]
+    assert len(r["time_s_repeats"]) == 2
+    assert r["time_s"] == min(r["time_s_repeats"])
 
 
 def test_table_renders(report: tuple[dict, Path], capsys: pytest.CaptureFixture[str]) -> None:
