@@ -368,7 +368,7 @@ def _profile_step(prep: Prepared, device: torch.device, path: Path) -> None:
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts, record_shapes=True) as prof:
         prep.step(Laps(device))
-    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(prof.key_averages().table(sort_by=key, row_limit=40)
                     + "\n\nby input shape:\n"
@@ -422,7 +422,11 @@ def measure(cfg: BenchConfig, mode: str, method: str) -> dict[str, Any]:
     updated = sum(not torch.equal(a, b) for a, b in zip(before, after, strict=True)) / max(len(before), 1)
 
     if cfg.profile_dir:
-        _profile_step(prep, device, Path(cfg.profile_dir) / f"profile_{mode}_{method}.txt")
+        path = Path(cfg.profile_dir) / f"profile_{mode}_{method}.txt"
+        try:
+            _profile_step(prep, device, path)
+        except Exception as exc:  # noqa: BLE001 - a profiler problem must not cost the measurement
+            path.write_text(f"profiling failed: {type(exc).__name__}: {exc}\n")
 
     median = statistics.median(times)
     result = {
@@ -446,9 +450,9 @@ def measure_safely(cfg: BenchConfig, mode: str, method: str) -> dict[str, Any]:
     try:
         return measure(cfg, mode, method)
     except Exception as exc:  # noqa: BLE001 - the benchmark records whatever a method fails with
-        err = f"{type(exc).__name__}: {exc}"
-        _cleanup(torch.device(cfg.device))
-        return {"error": err[:2000], "traceback_tail": traceback.format_exc()[-2000:]}
+        failed = {"error": f"{type(exc).__name__}: {exc}"[:2000], "traceback_tail": traceback.format_exc()[-2000:]}
+    _cleanup(torch.device(cfg.device))  # outside `except`: the traceback's frames (model, activations) are gone
+    return failed
 
 
 def measure_in_child(cfg: BenchConfig, mode: str, method: str) -> dict[str, Any]:
