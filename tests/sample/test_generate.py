@@ -7,6 +7,7 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 from dpsynth.errors import DpsynthError
 from dpsynth.sample.generate import (
     GenerationStats,
+    clean_text,
     encode_prompts,
     filter_logits,
     generate_texts,
@@ -78,7 +79,8 @@ def test_texts_exclude_prompt_and_eos(tokenizer, model_factory):
     for prompt, text, row in zip(PROMPTS, texts, ids):
         assert "<eos>" not in text and not text.startswith(prompt.strip())
         body = [t for t in row if t != tokenizer.eos_token_id]
-        assert text == tokenizer.decode(body, skip_special_tokens=True).strip()
+        assert text == clean_text(tokenizer.decode(body, skip_special_tokens=True))
+        assert not any(ord(ch) < 32 and ch not in "\t\n" for ch in text)
     assert stats.prompts == len(PROMPTS) and stats.new_tokens == sum(len(r) for r in ids)
     assert stats.batches == 2 and stats.batch_size == 4
 
@@ -144,3 +146,7 @@ def test_lora_wrapped_model(tokenizer, tiny_model_f64, model_factory):
     got = generate_token_ids(model, tokenizer, PROMPTS[:4], top_k=1, max_new_tokens=8, batch_size=4)
     want = generate_token_ids(tiny_model_f64, tokenizer, PROMPTS[:4], top_k=1, max_new_tokens=8, batch_size=4)
     assert got == want
+
+
+def test_clean_text():
+    assert clean_text("  a\r\nb\x00c\rd\te\x7f \n") == "a\nbcd\te"

@@ -25,14 +25,14 @@ def test_exact_histogram_is_joint_and_normalised():
 
 
 def test_noise_std_matches_multiplier_times_sensitivity():
-    # 50 × 40 = 2000 cells of 1000 records each: no clipping, so noisy − true is pure noise. The sample standard
-    # deviation of 2000 normals has relative standard error 1/sqrt(2·2000) ≈ 1.6%, so a 6% band is > 3.5 SE; the
-    # mean's SE is std/sqrt(2000) ≈ 2.2% of std, checked at 4 SE.
+    # 50 × 40 = 2000 cells of 100 records each (> 10 σ): no clipping, so noisy − true is pure noise. The sample
+    # standard deviation of 2000 normals has relative standard error 1/sqrt(2·2000) ≈ 1.6%, so a 6% band is
+    # > 3.5 SE; the mean's SE is std/sqrt(2000) ≈ 2.2% of std, checked at 4 SE.
     a_vals, b_vals = [f"a{i}" for i in range(50)], [f"b{j}" for j in range(40)]
-    df = pd.DataFrame({"a": np.repeat(a_vals, 40 * 1000), "b": np.tile(np.repeat(b_vals, 1000), 50)})
+    df = pd.DataFrame({"a": np.repeat(a_vals, 40 * 100), "b": np.tile(np.repeat(b_vals, 100), 50)})
     for sigma, sens in [(0.8, 1.0), (2.0, 3.0)]:
         dist = dp_label_histogram(df, ["a", "b"], noise_multiplier=sigma, sensitivity=sens, seed=7)
-        noise = dist.noisy_counts - 1000.0
+        noise = dist.noisy_counts - 100.0
         std = sigma * sens
         assert abs(noise.std(ddof=1) / std - 1) < 0.06
         assert abs(noise.mean()) < 4 * std / np.sqrt(noise.size)

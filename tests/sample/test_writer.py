@@ -136,3 +136,12 @@ def test_postprocess_counts():
     assert kept == [{"text": "b", "l": "y"}]  # the seen set carries over between chunks
     kept, counts = postprocess(rows, drop_empty=False)
     assert len(kept) == 5
+
+
+def test_csv_round_trips_carriage_returns(tmp_path):
+    path = tmp_path / "out.csv"
+    rows = [{"id": 0, "text": "a\rb", "label": "x"}, {"id": 1, "text": "c\r\nd", "label": "y"}]
+    with SyntheticWriter(path, COLUMNS) as w:
+        w.write(rows)
+    assert _read(path)["text"].tolist() == ["a\rb", "c\r\nd"]
+    assert SyntheticWriter(path, COLUMNS).resumed_rows == 2

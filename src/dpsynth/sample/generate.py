@@ -483,11 +483,20 @@ def _generate_hf(model: Any, ids: list[list[int]], cfg: _Decoding, batch_size: i
     return result
 
 
+# Control characters other than tab and newline (NUL, lone CR, ...) break CSV readers and carry no text.
+_CONTROL = {c: None for c in range(32) if c not in (9, 10)} | {127: None}
+
+
+def clean_text(text: str) -> str:
+    """Normalise CRLF to LF, drop other control characters (tab and LF stay), strip surrounding whitespace."""
+    return text.replace("\r\n", "\n").translate(_CONTROL).strip()
+
+
 def decode_continuations(tokenizer: Any, token_ids: Sequence[Sequence[int]], eos_ids: Sequence[int]) -> list[str]:
-    """Text of each continuation: EOS and special tokens dropped, surrounding whitespace stripped."""
+    """Text of each continuation: EOS and special tokens dropped, control characters removed, whitespace stripped."""
     eos = set(eos_ids)
     cut = [[t for t in row if t not in eos] for row in token_ids]
-    return [t.strip() for t in tokenizer.batch_decode(cut, skip_special_tokens=True)]
+    return [clean_text(t) for t in tokenizer.batch_decode(cut, skip_special_tokens=True)]
 
 
 def generate_texts(

@@ -118,9 +118,10 @@ class SyntheticWriter:
             rows = len(ends)
             if self.fmt == "csv" and rows:
                 rows -= 1  # the header
-        if self.fmt == "csv":
-            header = self._header_bytes()
-            if keep and not data.startswith(header):
+        if self.fmt == "csv" and keep:
+            first = _record_ends(data[:keep], csv_quoting=True)[0]
+            header = next(csv.reader(io.StringIO(data[:first].decode("utf-8", errors="replace"))), [])
+            if header != self.columns:
                 raise DpsynthError(f"{self.path.name} has a different header than the columns {self.columns}; "
                                    "write to a new file or start over.")
         if keep < len(data):
@@ -139,7 +140,7 @@ class SyntheticWriter:
 
     def _csv_bytes(self, rows: Iterable[Mapping[str, Any]]) -> bytes:
         buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
+        w = csv.writer(buf, lineterminator="\r\n")  # RFC 4180; a lone "\r" in a field then gets quoted too
         for r in rows:
             w.writerow(["" if r.get(c) is None else r.get(c) for c in self.columns])
         return buf.getvalue().encode("utf-8")

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+from collections import Counter
+
+import pandas as pd
+import pytest
+
+from dpsynth.errors import DpsynthError
+from dpsynth.sample.labels import public_label_distribution
+from dpsynth.sample.sampler import DecodingConfig, build_prompt, sample_synthetic
+
+CATS = {"category": ["fresh", "rotten"], "movie": ["Up", "Cats", "Heat"]}
+COLS = ["category", "movie"]
+FAST = DecodingConfig(max_new_tokens=10)
+
+
+@pytest.fixture(scope="module")
+def dist():
+    return public_label_distribution("uniform", COLS, CATS)
+
+
+def _read(path):
+    if path.suffix == ".csv":
+        return pd.read_csv(path, keep_default_na=False, dtype=str)
+    if path.suffix == ".jsonl":
+        return pd.read_json(path, lines=True, dtype=str)
+    return pd.read_parquet(path)
+
+
+def test_build_prompt_matches_training_prefix():
+    assert build_prompt({"movie": "Up", "category": "fresh"}, COLS) == "category: fresh | movie: Up\n\n"
+    assert build_prompt({}, []) == ""
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_writes_text_and_labels_in_exact_proportions(tmp_path, tokenizer, tiny_model, dist, suffix):
+    out = tmp_path / f"synthetic{suffix}"
+    n = 36
+    rep = sample_synthetic(tiny_model, tokenizer, dist, n, out, label_columns=COLS, decoding=FAST, seed=1,
+                           batch_size=8, progress=False, drop_empty=False)
+    df = _read(out)
+    assert list(df.columns) == ["text", *COLS] and len(df) == n == rep.rows_written
+    combos = Counter(zip(df["category"], df["movie"]))
+    assert set(combos.values()) == {6}  # uniform over 6 combinations, 36 rows: exactly 6 each
+    assert not any(t.startswith("category:") for t in df["text"])
+    assert rep.new_tokens > 0 and rep.tokens_per_s > 0 and rep.complete and rep.generated_this_run == n
+    assert rep.to_dict()["rows_written"] == n
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path, tokenizer, tiny_model, dist):
+    n, kw = 40, dict(label_columns=COLS, decoding=FAST, seed=5, batch_size=4, chunk_size=8, progress=False)
+    full = tmp_path / "full.csv"
+    sample_synthetic(tiny_model, tokenizer, dist, n, full, **kw)
+
+    out = tmp_path / "killed.csv"
+    calls = {"n": 0}
+
+    def kill_after_some_steps(module, args, output):
+        calls["n"] += 1
+        if calls["n"] == 60:  # mid-chunk, after a few chunks were committed
+            raise KeyboardInterrupt
+
+    handle = tiny_model.register_forward_hook(kill_after_some_steps)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sample_synthetic(tiny_model, tokenizer, dist, n, out, **kw)
+    finally:
+        handle.remove()
+    written = len(_read(out))
+    assert 0 < written < n
+    with out.open("a") as f:
+        f.write('some half-written row, "with a quote\nand a newline')  # torn write of an uncommitted chunk
+
+    rep = sample_synthetic(tiny_model, tokenizer, dist, n, out, **kw)
+    assert rep.resumed_rows == written and rep.generated_this_run == n - written
+    assert out.read_bytes() == full.read_bytes()
+    again = sample_synthetic(tiny_model, tokenizer, dist, n, out, **kw)  # already complete: nothing to do
+    assert again.generated_this_run == 0 and again.rows_written == rep.rows_written
+
+
+def test_resume_with_other_settings_refused(tmp_path, tokenizer, tiny_model, dist):
+    out = tmp_path / "s.csv"
+    kw = dict(label_columns=COLS, decoding=FAST, batch_size=4, progress=False)
+    sample_synthetic(tiny_model, tokenizer, dist, 8, out, seed=1, **kw)
+    with pytest.raises(DpsynthError, match="different settings"):
+        sample_synthetic(tiny_model, tokenizer, dist, 8, out, seed=2, **kw)
+    rep = sample_synthetic(tiny_model, tokenizer, dist, 8, out, seed=2, resume=False, **kw)
+    assert rep.resumed_rows == 0 and rep.rows_written == 8
+
+
+def test_foreign_file_refused(tmp_path, tokenizer, tiny_model, dist):
+    out = tmp_path / "s.csv"
+    out.write_text("text,category,movie\nhello,fresh,Up\n")
+    with pytest.raises(DpsynthError, match="not written by"):
+        sample_synthetic(tiny_model, tokenizer, dist, 4, out, label_columns=COLS, decoding=FAST, progress=False)
+
+
+def test_postprocessing_counts(tmp_path, tokenizer, tiny_model, model_factory, dist):
+    eos_model = model_factory(tokenizer, eos_bias=1e4)
+    rep = sample_synthetic(eos_model, tokenizer, dist, 12, tmp_path / "e.csv", label_columns=COLS, decoding=FAST,
+                           progress=False)
+    assert rep.rows_written == 0 and rep.dropped_empty == 12 and len(_read(tmp_path / "e.csv")) == 0
+    greedy = DecodingConfig(top_k=1, max_new_tokens=6)  # identical prompts → identical texts → duplicates
+    rep = sample_synthetic(tiny_model, tokenizer, dist, 24, tmp_path / "d.csv", label_columns=COLS, decoding=greedy,
+                           progress=False, drop_duplicates=True, batch_size=5, chunk_size=10)
+    assert rep.rows_written == 6 and rep.dropped_duplicates == 18
+
+
+def test_unconditional_and_label_mismatch(tmp_path, tokenizer, tiny_model, dist):
+    rep = sample_synthetic(tiny_model, tokenizer, None, 5, tmp_path / "u.jsonl", label_columns=[], decoding=FAST,
+                           progress=False, drop_empty=False)
+    assert list(_read(tmp_path / "u.jsonl").columns) == ["text"] and rep.rows_written == 5
+    with pytest.raises(DpsynthError, match="label columns"):
+        sample_synthetic(tiny_model, tokenizer, dist, 5, tmp_path / "x.csv", label_columns=["category"],
+                         progress=False)
+    with pytest.raises(DpsynthError, match="no label distribution"):
+        sample_synthetic(tiny_model, tokenizer, None, 5, tmp_path / "x.csv", label_columns=COLS, progress=False)
+
+
+def test_progress_bar_runs(tmp_path, tokenizer, tiny_model, dist):
+    rep = sample_synthetic(tiny_model, tokenizer, dist, 6, tmp_path / "p.csv", label_columns=COLS, decoding=FAST,
+                           batch_size=3, progress=True)
+    assert rep.complete
