@@ -121,3 +121,18 @@ def test_progress_bar_runs(tmp_path, tokenizer, tiny_model, dist):
     rep = sample_synthetic(tiny_model, tokenizer, dist, 6, tmp_path / "p.csv", label_columns=COLS, decoding=FAST,
                            batch_size=3, progress=True)
     assert rep.complete
+
+
+def test_prompts_match_training_encoding(tokenizer):
+    """The sampling prompt must be token-for-token the prefix the model was trained on."""
+    control_codes = pytest.importorskip("dpsynth.data.control_codes")
+    encode = pytest.importorskip("dpsynth.data.encode")
+    from dpsynth.sample.generate import encode_prompts
+
+    labels = {"category": "fresh", "movie": "Up"}
+    prefix = control_codes.ControlCodes(COLS).prefix(labels)
+    assert prefix == build_prompt(labels, COLS)
+    records = encode.encode_records(tokenizer, [prefix], ["A lovely film."], max_tokens=64)
+    ids = records[0].input_ids.tolist()
+    prompt_ids = encode_prompts(tokenizer, [prefix])[0]
+    assert ids[: len(prompt_ids)] == prompt_ids

@@ -90,19 +90,22 @@ def _eos_ids(tokenizer: Any, model: Any, eos_token_id: int | Sequence[int] | Non
     return ids
 
 
-def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each prompt as the tokenizer encodes it by default (BOS only if the tokenizer adds one).
+def encode_prompts(tokenizer: Any, prompts: Sequence[str], *, add_bos: bool = False) -> list[list[int]]:
+    """Token ids of each prompt exactly as training encodes a prefix: [BOS if add_bos] + tokens(prefix), with no
+    special tokens added by the tokenizer (`dpsynth.data` tokenises prefix and text separately for this reason).
 
-    An empty prompt (no control codes) starts from BOS, or EOS when there is none: the record separator the model
-    saw before every training text.
+    An empty prompt (no control codes, no BOS) starts from EOS: the record separator, the only context a model
+    trained on "text + EOS" records has for the start of a record.
     """
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if add_bos and tokenizer.bos_token_id is None:
+        raise DpsynthError("add_bos was asked for but the tokenizer has no BOS token; sample without add_bos.")
+    bos = [int(tokenizer.bos_token_id)] if add_bos else []
     cache: dict[str, list[int]] = {}
     out = []
     for p in prompts:
         if p not in cache:
-            ids = list(tokenizer(p)["input_ids"]) if p else []
-            cache[p] = ids or [int(start)]
+            ids = list(tokenizer(p, add_special_tokens=False)["input_ids"]) if p else []
+            cache[p] = (bos + ids) or [int(tokenizer.eos_token_id)]
         out.append(cache[p])
     return out
 
@@ -396,10 +399,12 @@ def generate_token_ids(
     backend: Backend = "auto",
     static_cache: bool | Literal["auto"] = "auto",
     stats: GenerationStats | None = None,
+    add_bos: bool = False,
 ) -> list[list[int]]:
     """Generated token ids per prompt (in input order), each cut after its first EOS (EOS included if reached).
 
-    Prompts are strings (encoded with `encode_prompts`) or already-encoded id lists. See `generate_texts`.
+    Prompts are strings (encoded with `encode_prompts(tokenizer, prompts, add_bos=add_bos)`) or already-encoded id
+    lists. See `generate_texts`.
     """
     if max_new_tokens < 1 or min_new_tokens < 0 or min_new_tokens > max_new_tokens:
         raise DpsynthError("Need 1 ≤ max_new_tokens and 0 ≤ min_new_tokens ≤ max_new_tokens.")
@@ -408,7 +413,7 @@ def generate_token_ids(
     stats = stats if stats is not None else GenerationStats()
     t0 = time.perf_counter()
     ids = ([list(map(int, p)) for p in prompts] if prompts and not isinstance(prompts[0], str)
-           else encode_prompts(tokenizer, prompts))  # type: ignore[arg-type]
+           else encode_prompts(tokenizer, prompts, add_bos=add_bos))  # type: ignore[arg-type]
     if not ids:
         return []
     eos_ids = _eos_ids(tokenizer, model, eos_token_id)
@@ -517,6 +522,7 @@ def generate_texts(
     backend: Backend = "auto",
     static_cache: bool | Literal["auto"] = "auto",
     stats: GenerationStats | None = None,
+    add_bos: bool = False,
 ) -> list[str]:
     """Sample one continuation per prompt and return only the generated text, in input order.
 
@@ -525,11 +531,12 @@ def generate_texts(
     `progress(n)` is called after each batch with the number of prompts it finished. `backend="auto"` uses vLLM
     only for a model given as a path with vLLM and CUDA present; otherwise the transformers model loop ("hf").
     `static_cache="auto"` uses a static cache with a compiled decode step on CUDA only. Same seed, prompts and
-    batch size give the same texts. `stats`, if given, is updated with counts and timings.
+    batch size give the same texts. `stats`, if given, is updated with counts and timings. `add_bos` must match
+    training (`dpsynth.data.encode_records(add_bos=...)`).
     """
     ids = generate_token_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                              temperature=temperature, top_k=top_k, top_p=top_p,
                              repetition_penalty=repetition_penalty, batch_size=batch_size, seed=seed,
                              eos_token_id=eos_token_id, progress=progress, backend=backend,
-                             static_cache=static_cache, stats=stats)
+                             static_cache=static_cache, stats=stats, add_bos=add_bos)
     return decode_continuations(tokenizer, ids, _eos_ids(tokenizer, model, eos_token_id))

@@ -137,6 +137,7 @@ def sample_synthetic(
     drop_duplicates: bool = False,
     chunk_size: int | None = None,
     prompt_encoder: Callable[[str], list[int]] | None = None,
+    add_bos: bool = False,
     backend: Backend = "auto",
 ) -> SampleReport:
     """Generate `num_samples` records into `out_path` (.csv/.jsonl/.parquet): one text column plus the labels.
@@ -145,8 +146,8 @@ def sample_synthetic(
     proportions; each record is the model's continuation of `build_prompt(labels)`. Empty texts (and, if asked,
     exact duplicate rows) are dropped as free post-processing, so `rows_written` can be below `num_samples`; the
     report counts what was dropped. `resume=True` continues an interrupted run of the same settings and refuses
-    one with different settings; `resume=False` overwrites. `prompt_encoder` overrides how a prefix is turned into
-    token ids: pass the training code's own encoding if it differs from `tokenizer(prefix)`.
+    one with different settings; `resume=False` overwrites. Prefixes are encoded as training encodes them
+    (`encode_prompts`: no special tokens, BOS first if `add_bos`); `prompt_encoder` overrides that if needed.
     """
     decoding = decoding or DecodingConfig()
     label_columns = list(label_columns)
@@ -195,7 +196,7 @@ def sample_synthetic(
     if prompt_encoder is not None:
         encoded = {p: list(prompt_encoder(p)) for p in distinct}
     else:
-        encoded = dict(zip(distinct, encode_prompts(tokenizer, distinct)))
+        encoded = dict(zip(distinct, encode_prompts(tokenizer, distinct, add_bos=add_bos)))
     if batch_size == "auto" and distinct:
         batch_size = auto_batch_size(model, num_samples, max(len(v) for v in encoded.values()),
                                      decoding.max_new_tokens)
