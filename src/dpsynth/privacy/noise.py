@@ -1,0 +1,103 @@
+"""Where the Gaussian noise of DP-SGD comes from: a seeded, reproducible PRNG or a cryptographically seeded one.
+
+Seeded mode: one torch.Generator per device, seeded from `seed` (and the device, so two devices never share a
+stream), advanced by every draw; its state goes into checkpoints so a resumed run continues the same noise.
+Anyone who knows the seed can regenerate the noise and subtract it, so a seeded run's guarantee rests on the seed
+staying secret.
+
+Secure mode (`secure=True`): before *every* draw the generator is re-seeded from 128 bits of OS randomness
+(`secrets`, i.e. os.urandom), XOR-folded to the 64 bits torch accepts. Re-seeding per draw rather than per step
+costs microseconds against drawing millions of normals, and it means no draw's noise is predictable from any
+other draw or any stored state: there is nothing to leak or to checkpoint. The normals themselves still come from
+torch's fast generators (Mersenne Twister on CPU, Philox on CUDA) and floating-point arithmetic; we do not claim
+bit-level protection against floating-point side channels in sampling (cf. Mironov 2012).
+
+With data parallelism every rank must add the *same* draw: use seeded mode with one seed on all ranks (secure
+seeding would need its seeds broadcast from rank 0).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import numpy as np
+import torch
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _fold_128_to_64(x: int) -> int:
+    return (x >> 64) ^ (x & 0xFFFF_FFFF_FFFF_FFFF)
+
+
+class NoiseSource:
+    """Gaussian noise tensors from its own generator(s), never from torch's global RNG."""
+
+    def __init__(self, seed: int | None = None, secure: bool = False) -> None:
+        if secure and seed is not None:
+            raise ValueError("a secure noise source takes no seed: it is seeded from OS randomness on every draw")
+        self.secure = bool(secure)
+        self.seed_was_given = seed is not None
+        self.seed = None if secure else (int(seed) if seed is not None else secrets.randbits(63))
+        self._generators: dict[str, torch.Generator] = {}
+
+    def _device_seed(self, device: torch.device) -> int:
+        """A distinct 64-bit seed per device, derived from the run seed (same seed + device → same stream)."""
+        assert self.seed is not None
+        key = [abs(self.seed), int(self.seed < 0), sum(ord(c) << (8 * i) for i, c in enumerate(str(device)))]
+        return int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0])
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        name = str(device)
+        gen = self._generators.get(name)
+        if gen is None:
+            gen = torch.Generator(device=device)
+            if not self.secure:
+                gen.manual_seed(self._device_seed(device))
+            self._generators[name] = gen
+        if self.secure:
+            gen.manual_seed(_fold_128_to_64(secrets.randbits(128)))
+        return gen
+
+    def normal_like(self, tensor: torch.Tensor, std: float) -> torch.Tensor:
+        """N(0, std²) noise, independent per element, with the shape, dtype and device of `tensor`.
+
+        fp16/bf16 noise is drawn in fp32 and rounded once, so its distribution is not distorted by low precision.
+        """
+        if not std >= 0:
+            raise ValueError(f"std must be ≥ 0, got {std}")
+        if not tensor.dtype.is_floating_point:
+            raise TypeError(f"noise is for floating-point tensors, got {tensor.dtype}")
+        dtype = torch.float32 if tensor.dtype in _LOW_PRECISION else tensor.dtype
+        noise = torch.randn(tensor.shape, generator=self._generator(tensor.device), dtype=dtype,
+                            device=tensor.device)
+        noise.mul_(float(std))
+        return noise.to(tensor.dtype)
+
+    def describe(self) -> str:
+        if self.secure:
+            return "cryptographically seeded (OS randomness, re-seeded before every draw)"
+        if self.seed_was_given:
+            return f"seeded PRNG (seed {self.seed})"
+        return f"seeded PRNG (random seed {self.seed})"
+
+    def state_dict(self) -> dict[str, Any]:
+        """Generator states for resume (seeded mode). A secure source has no state worth keeping."""
+        if self.secure:
+            return {"secure": True}
+        return {"secure": False, "seed": self.seed,
+                "generators": {name: g.get_state() for name, g in self._generators.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("secure") or self.secure:
+            if bool(state.get("secure")) != self.secure:
+                raise ValueError("cannot resume a seeded noise source as a secure one or the other way round")
+            return
+        self.seed = int(state["seed"])
+        self.seed_was_given = True
+        self._generators = {}
+        for name, gen_state in state["generators"].items():
+            gen = torch.Generator(device=torch.device(name))
+            gen.set_state(gen_state)
+            self._generators[name] = gen

@@ -1,0 +1,108 @@
+"""The noise source: correct Gaussian moments, reproducible when seeded, unpredictable when secure.
+
+Tolerances are 5 standard errors: for n draws of N(0, s²) the sample mean has SE s/√n and the sample std has SE
+≈ s/√(2n); a fraction p has SE √(p(1−p)/n).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from scipy import stats
+
+from dpsynth.privacy.noise import NoiseSource
+
+N = 1_000_000
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_moments_and_shape_of_a_large_draw(dtype: torch.dtype) -> None:
+    s = 2.5
+    like = torch.empty(1000, 1000, dtype=dtype)
+    x = NoiseSource(seed=11).normal_like(like, s)
+    assert x.shape == like.shape and x.dtype == dtype and x.device == like.device
+    x64 = x.double().flatten()
+    assert abs(x64.mean().item()) < 5 * s / math.sqrt(N)
+    assert abs(x64.std().item() - s) < 5 * s / math.sqrt(2 * N)
+    p = stats.norm.cdf(1) - stats.norm.cdf(-1)
+    within = (x64.abs() <= s).double().mean().item()
+    assert abs(within - p) < 5 * math.sqrt(p * (1 - p) / N)
+    # Shape of the whole distribution, on a subsample (the KS test is very sensitive at 1e6 points).
+    assert stats.kstest(x64[:20_000].numpy() / s, "norm").pvalue > 1e-3
+
+
+def test_low_precision_noise_is_rounded_from_fp32() -> None:
+    x = NoiseSource(seed=3).normal_like(torch.zeros(300_000, dtype=torch.bfloat16), 1.0)
+    assert x.dtype == torch.bfloat16
+    assert abs(x.double().std().item() - 1.0) < 0.01  # bf16 rounding changes the std by < 0.5 %
+    ref = NoiseSource(seed=3).normal_like(torch.zeros(300_000), 1.0)
+    assert torch.equal(x, ref.to(torch.bfloat16))
+
+
+def test_seeded_draws_are_reproducible_and_successive_draws_independent() -> None:
+    a, b = NoiseSource(seed=1234), NoiseSource(seed=1234)
+    t = torch.zeros(10_000)
+    a1, a2 = a.normal_like(t, 1.0), a.normal_like(t, 1.0)
+    assert torch.equal(a1, b.normal_like(t, 1.0)) and torch.equal(a2, b.normal_like(t, 1.0))
+    assert not torch.equal(a1, NoiseSource(seed=1235).normal_like(t, 1.0))
+    corr = torch.corrcoef(torch.stack([a1, a2]))[0, 1].item()
+    assert abs(corr) < 5 / math.sqrt(t.numel())
+    assert NoiseSource(seed=1234).describe() == "seeded PRNG (seed 1234)"
+
+
+def test_noise_does_not_touch_the_global_rng() -> None:
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    NoiseSource(seed=5).normal_like(torch.zeros(100), 1.0)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_state_round_trip_continues_the_noise() -> None:
+    src = NoiseSource(seed=42)
+    t = torch.zeros(1000)
+    src.normal_like(t, 1.0)
+    state = copy.deepcopy(src.state_dict())  # as if saved in a checkpoint
+    expected = src.normal_like(t, 1.0)
+    resumed = NoiseSource(seed=7)
+    resumed.load_state_dict(state)
+    assert torch.equal(resumed.normal_like(t, 1.0), expected)
+    with pytest.raises(ValueError):
+        NoiseSource(secure=True).load_state_dict(state)
+
+
+def test_secure_draws_differ_across_instances_and_draws() -> None:
+    t = torch.zeros(1000)
+    a, b = NoiseSource(secure=True), NoiseSource(secure=True)
+    a1, a2, b1 = a.normal_like(t, 1.0), a.normal_like(t, 1.0), b.normal_like(t, 1.0)
+    assert not torch.equal(a1, b1) and not torch.equal(a1, a2)
+    assert abs(a1.std().item() - 1.0) < 5 / math.sqrt(2 * t.numel())
+    assert a.describe().startswith("cryptographically seeded")
+    assert a.state_dict() == {"secure": True}
+    with pytest.raises(ValueError):
+        NoiseSource(seed=1, secure=True)
+
+
+def test_std_zero_and_bad_arguments() -> None:
+    src = NoiseSource(seed=0)
+    assert torch.equal(src.normal_like(torch.ones(5), 0.0), torch.zeros(5))
+    with pytest.raises(ValueError):
+        src.normal_like(torch.ones(5), -1.0)
+    with pytest.raises(TypeError):
+        src.normal_like(torch.ones(5, dtype=torch.long), 1.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_draws_stay_on_the_device_and_resume() -> None:
+    src = NoiseSource(seed=9)
+    t = torch.zeros(1000, device="cuda")
+    x = src.normal_like(t, 1.0)
+    assert x.device == t.device
+    state = copy.deepcopy(src.state_dict())
+    y = src.normal_like(t, 1.0)
+    resumed = NoiseSource(seed=0)
+    resumed.load_state_dict(state)
+    assert torch.equal(resumed.normal_like(t, 1.0), y)
