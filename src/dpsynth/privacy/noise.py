@@ -35,10 +35,9 @@ class NoiseSource:
     """Gaussian noise tensors from its own generator(s), never from torch's global RNG."""
 
     def __init__(self, seed: int | None = None, secure: bool = False) -> None:
-        if secure and seed is not None:
-            raise ValueError("a secure noise source takes no seed: it is seeded from OS randomness on every draw")
+        # A seed passed with secure=True is ignored (callers may pass the run seed either way).
         self.secure = bool(secure)
-        self.seed_was_given = seed is not None
+        self.seed_was_given = seed is not None and not secure
         self.seed = None if secure else (int(seed) if seed is not None else secrets.randbits(63))
         self._generators: dict[str, torch.Generator] = {}
 

@@ -26,6 +26,9 @@ class PoissonSampler:
     under Bernoulli sampling a set S has probability q^|S| (1−q)^(N−|S|), which depends on S only through |S|.
     Hence |S| ~ Binomial(N, q), and given |S| = k every k-subset is equally likely (probability 1 / C(N, k)) —
     precisely "draw k from the binomial, then a uniform k-subset".
+
+    Randomness: `generator` (used as is), else `secure=True` (seeded from 128 bits of OS randomness; any `seed`
+    is then ignored), else `seed` (None: numpy's fresh entropy).
     """
 
     def __init__(self, num_units: int, sample_rate: float, seed: int | None = None,
