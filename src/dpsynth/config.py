@@ -54,7 +54,7 @@ class RunConfig(BaseModel):
     delta: float | None = Field(None, gt=0, lt=1, description="Target δ; default 1/(N·ln N).")
     clip_norm: float = Field(1.0, gt=0, description="Per-example gradient clipping bound C.")
     label_budget_fraction: float = Field(
-        0.05, ge=0, lt=1, description="Share of ε spent on the DP label histogram used for sampling.")
+        0.05, gt=0, lt=1, description="Share of ε spent on the DP label histogram used for sampling.")
     label_distribution: str = Field(
         "dp", description="'dp' (noisy histogram, paid from ε), 'uniform', or a public CSV/JSON of label weights.")
     secure_rng: bool = Field(False, description="Draw DP noise from a cryptographically seeded generator.")

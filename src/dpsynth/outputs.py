@@ -73,3 +73,8 @@ def replace_dir_atomic(staging: Path, target: Path) -> None:
     if target.exists():
         shutil.rmtree(target)
     os.replace(staging, target)
+
+
+def remove_checkpoint(out: Path) -> None:
+    """A finished run no longer needs its training state (and should not ship intermediate models)."""
+    shutil.rmtree(out / CHECKPOINT, ignore_errors=True)

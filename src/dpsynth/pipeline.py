@@ -120,6 +120,7 @@ def run(config: RunConfig, *, console: Any = None) -> RunResult:
         "timings": timings,
     }
     outputs.write_json_atomic(config.out / outputs.RUN, run_record)
+    outputs.remove_checkpoint(config.out)
     return RunResult(
         out=config.out, synthetic_path=config.out / outputs.SYNTHETIC, privacy_path=config.out / outputs.PRIVACY,
         model_path=model_path, run_path=config.out / outputs.RUN,

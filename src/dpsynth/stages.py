@@ -6,6 +6,7 @@ sampling stage on a finished run).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from dpsynth import outputs
 from dpsynth.config import RunConfig
 from dpsynth.errors import DpsynthError
+from dpsynth.train.checkpoint import load_checkpoint, restore_checkpoint
 
 
 @dataclass
@@ -76,16 +78,14 @@ def load_and_encode(config: RunConfig, *, device: torch.device, console: Any) ->
         else [""] * len(table)
     records = encode_records(loaded.tokenizer, prefixes, table[config.text_column].tolist(),
                              max_tokens=config.max_tokens, loss_on_prefix=config.loss_on_prefix)
-    data_report = dict(validated.report.to_dict()) if hasattr(validated.report, "to_dict") else {}
-    data_report["truncated_records"] = int(getattr(records, "num_truncated", 0))
-    data_report["num_records"] = len(records)
+    data_report = validated.report.to_dict() | records.summary()
     return PreparedData(table=table, records=records, loaded=loaded, data_report=data_report,
                         model_info=describe_model(loaded.model) | {"name": loaded.name})
 
 
 def plan_privacy(config: RunConfig, prepared: PreparedData) -> BudgetPlanOut:
     """Fix the public schedule (q, T) from N and the config, then calibrate σ for the target (ε, δ)."""
-    from dpsynth.privacy.accounting import default_delta, plan_budget
+    from dpsynth.privacy.accounting import DpSgdMechanism, default_delta, plan_budget
     from dpsynth.privacy.ledger import PrivacyLedger
 
     n = prepared.num_units
@@ -109,7 +109,7 @@ def plan_privacy(config: RunConfig, prepared: PreparedData) -> BudgetPlanOut:
     ledger = PrivacyLedger(delta=delta, unit="record", num_units=n, clip_norm=config.clip_norm,
                            epsilon_target=config.epsilon,
                            noise_rng="secure" if config.secure_rng else "seeded", notes=notes)
-    ledger.add(plan.dpsgd.__class__(noise_multiplier=plan.dpsgd.noise_multiplier, sample_rate=q, steps=0))
+    ledger.add(DpSgdMechanism(plan.dpsgd.noise_multiplier, q, 0))  # steps are counted as they are taken
     return BudgetPlanOut(plan, ledger, steps, q, batch, delta, notes)
 
 
@@ -121,7 +121,8 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
     from dpsynth.privacy.accounting import EpsilonTracker
     from dpsynth.privacy.noise import NoiseSource
     from dpsynth.privacy.sampling import PoissonSampler
-    from dpsynth.train.dp_trainer import DPTrainer, DPTrainingPlan, make_optimizer, train_nonprivate
+    from dpsynth.train.checkpoint import resume_plan, save_checkpoint, trainable_names
+    from dpsynth.train.dp_trainer import DPTrainer, DPTrainingPlan, StepReport, make_optimizer, train_nonprivate
     from dpsynth.train.progress import TrainingProgress
 
     loaded = prepared.loaded
@@ -135,8 +136,7 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
     def collate_ids(ids: list[int]) -> dict[str, torch.Tensor]:
         return collate([records[i] for i in ids], pad_id=pad_id)
 
-    lengths = [len(records[i].input_ids) if hasattr(records[i], "input_ids") else len(records[i])
-               for i in range(len(records))]
+    lengths = records.lengths.tolist()
     lr = config.resolved_learning_rate()
     optimizer = make_optimizer(model, lr, config.weight_decay)
     out_dir = config.out
@@ -150,8 +150,10 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
                                       device=device, precision=precision, seed=config.seed, after_step=bar.update)
         return {"steps": result.steps_done, "seconds": result.seconds, "learning_rate": lr, "private": False}
 
+
     plan = budget.plan
-    sampler = PoissonSampler(len(records), budget.sample_rate, seed=config.seed)
+    # With --secure-rng the batches are secret too: the subsampling amplification assumes nobody can replay them.
+    sampler = PoissonSampler(len(records), budget.sample_rate, seed=config.seed, secure=config.secure_rng)
     noise = NoiseSource(seed=config.seed + 1, secure=config.secure_rng)
     dp_plan = DPTrainingPlan(steps=budget.steps, sample_rate=budget.sample_rate,
                              expected_batch_size=budget.expected_batch_size,
@@ -163,16 +165,51 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
     others = [plan.label_histogram] if plan.label_histogram is not None else []
     tracker = EpsilonTracker(others, plan.dpsgd.noise_multiplier, budget.sample_rate, budget.delta)
     ledger = budget.ledger
+    names = trainable_names(model)
+    ckpt_dir = out_dir / outputs.CHECKPOINT
+
+    start_step, spent = 0, 0
+    if config.resume:
+        start_step, spent = _restore_for_resume(config, ckpt_dir, model, optimizer, sampler, noise)
+        ledger.set_dpsgd_steps(spent)
+        ledger.write(out_dir / outputs.PRIVACY)
+    remaining = resume_plan(budget.steps, start_step, spent).remaining_steps
+    counted = [spent]
 
     def spend(step: int) -> None:
-        ledger.set_dpsgd_steps(step)
-        ledger.write(out_dir / outputs.PRIVACY)
+        counted[0] += 1
+        ledger.set_dpsgd_steps(counted[0])
+        # interim: a 10× coarser (still upper-bounding) PLD grid, fast enough for every step; the final write is exact
+        ledger.write(out_dir / outputs.PRIVACY, interim=True)
 
-    with TrainingProgress(budget.steps, tracker.epsilon, console=console) as bar:
-        result = trainer.train(before_update=spend, after_step=bar.update)
-    return {"steps": result.steps_done, "seconds": result.seconds, "examples_seen": result.examples_seen,
-            "learning_rate": lr, "private": True, "noise_multiplier": plan.dpsgd.noise_multiplier,
-            "noise": noise.describe(), "layer_methods": _summarise_methods(result.layer_methods)}
+    with TrainingProgress(budget.steps, tracker.epsilon, start_step=spent, console=console) as bar:
+
+        def after(report: StepReport) -> None:
+            bar.update(dataclasses.replace(report, step=counted[0]))
+            if report.step % config.checkpoint_every == 0 or counted[0] == budget.steps:
+                save_checkpoint(ckpt_dir, step=report.step, model=model, names=names, optimizer=optimizer,
+                                sampler=sampler, noise=noise)
+
+        result = trainer.train(start_step=start_step, num_steps=remaining, before_update=spend, after_step=after)
+    return {"steps": counted[0], "steps_this_session": result.steps_done, "resumed_from_step": start_step,
+            "seconds": result.seconds, "examples_seen": result.examples_seen, "learning_rate": lr,
+            "private": True, "noise_multiplier": plan.dpsgd.noise_multiplier, "noise": noise.describe(),
+            "layer_methods": _summarise_methods(result.layer_methods)}
+
+
+def _restore_for_resume(config: RunConfig, ckpt_dir: Path, model: Any, optimizer: Any, sampler: Any,
+                        noise: Any) -> tuple[int, int]:
+    """(checkpoint step, steps already spent per the ledger on disk). Lost steps stay spent."""
+    from dpsynth.privacy.ledger import PrivacyLedger
+
+    ckpt = load_checkpoint(ckpt_dir)
+    step = 0
+    if ckpt is not None:
+        restore_checkpoint(ckpt, model=model, optimizer=optimizer, sampler=sampler, noise=noise)
+        step = ckpt.step
+    prior = config.out / outputs.PRIVACY
+    spent = PrivacyLedger.read(prior).dpsgd_steps if prior.is_file() else 0
+    return step, max(step, spent)
 
 
 def _summarise_methods(methods: dict[str, str]) -> dict[str, int]:
@@ -232,5 +269,6 @@ def sample_stage(config: RunConfig, prepared: PreparedData, labels: Any, *, devi
     report = sample_synthetic(model, loaded.tokenizer, labels, n, config.out / outputs.SYNTHETIC,
                               label_columns=list(config.label_columns), text_column=config.text_column,
                               decoding=decoding, seed=config.seed, batch_size=config.sample_batch_size,
-                              resume=config.resume, progress=True)
-    return report.to_dict() if hasattr(report, "to_dict") else dict(vars(report))
+                              resume=config.resume, progress=True, drop_duplicates=config.drop_duplicates,
+                              add_bos=False)
+    return report.to_dict()

