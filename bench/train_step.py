@@ -89,6 +89,7 @@ class BenchConfig:
     seed: int = 0
     isolate: str = "auto"  # auto: a child process per (mode, method) on CPU, in-process on CUDA
     child_timeout_s: float = 3600.0
+    threads: int | None = None  # torch intra-op threads (None: torch's default); 1 is steadier on a shared CPU
     repeats: int = 1  # rounds over all (mode, method); the lowest median is kept (robust to a busy shared machine)
     profile_dir: str | None = None
 
@@ -378,6 +379,8 @@ def _profile_step(prep: Prepared, device: torch.device, path: Path) -> None:
 def measure(cfg: BenchConfig, mode: str, method: str) -> dict[str, Any]:
     """Time and measure one (mode, method) in this process. Raises on failure (callers record the error)."""
     device = torch.device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     if device.type == "cuda" and cfg.precision == "fp32":
         torch.backends.cuda.matmul.allow_tf32 = True  # as in the published comparison: fp32 with TF32
         torch.backends.cudnn.allow_tf32 = True
@@ -437,6 +440,7 @@ def measure(cfg: BenchConfig, mode: str, method: str) -> dict[str, Any]:
         "peak_mem_bytes": peak_mem,
         "step_mem_bytes": step_mem,
         "updated_fraction": updated,
+        "torch_threads": torch.get_num_threads(),
         **prep.info,
         **extra,
     }
@@ -612,6 +616,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--isolate", default="auto", choices=["auto", "process", "inprocess"],
                    help="auto: one child process per (mode, method) on CPU (clean peak RSS), in-process on CUDA")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice); 1 gives steadier ratios on a busy shared CPU")
     p.add_argument("--repeats", type=int, default=1,
                    help="rounds over all methods, interleaved; per method the round with the lowest median is kept")
     p.add_argument("--child-timeout", type=float, default=3600.0, help="seconds before a child run is abandoned")
@@ -640,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
         steps=args.steps, warmup=args.warmup, modes=_split(args.modes), methods=_split(args.methods),
         clip_norm=args.clip_norm, noise_multiplier=args.noise_multiplier, lora_r=args.lora_r, seed=args.seed,
         isolate=args.isolate, child_timeout_s=args.child_timeout, repeats=args.repeats,
+        threads=args.threads,
         profile_dir=str(args.out.resolve().parent) if args.profile else None,
     )
     report = run_benchmark(cfg, args.out, progress=lambda s: print(s, flush=True))
