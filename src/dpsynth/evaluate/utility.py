@@ -203,7 +203,7 @@ def transformer_classifier_score(train_texts: Sequence[str], train_labels: Seque
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                advance(1, loss=float(out.loss))
+                advance(1, loss=out.loss.item())
     model.eval()
     pred_idx: list[int] = []
     with torch.no_grad():
