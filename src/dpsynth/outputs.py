@@ -5,6 +5,7 @@ Layout of `--out DIR`:
     privacy.json    the privacy ledger: every mechanism, its parameters, the total (ε, δ)
     run.json        configuration, versions, timings, aggregate data report
     model/          the fine-tuned model (a LoRA adapter or a full model) with its tokenizer
+    label_distribution.json  the label mix used for sampling (DP-noised or declared public: safe to share)
     checkpoint/     training state for --resume (removed when the run completes)
 """
 
@@ -24,6 +25,7 @@ PRIVACY = "privacy.json"
 RUN = "run.json"
 MODEL = "model"
 CHECKPOINT = "checkpoint"
+LABELS = "label_distribution.json"
 
 
 def check_output_folder(out: Path, *, overwrite: bool, resume: bool) -> None:
@@ -45,7 +47,7 @@ def prepare_output_folder(out: Path, *, overwrite: bool, resume: bool) -> None:
     """Create the folder; with --overwrite remove only what a dpsynth run writes (never unrelated files)."""
     out.mkdir(parents=True, exist_ok=True)
     if overwrite and not resume:
-        for name in (SYNTHETIC, PRIVACY, RUN, MODEL, CHECKPOINT, "synthetic.csv.partial"):
+        for name in (SYNTHETIC, PRIVACY, RUN, MODEL, CHECKPOINT, LABELS, "synthetic.csv.partial"):
             target = out / name
             if target.is_dir():
                 shutil.rmtree(target)

@@ -101,6 +101,8 @@ def run(config: RunConfig, *, console: Any = None) -> RunResult:
     t = time.perf_counter()
     labels = build_label_distribution(config, prepared, budget)
     ledger.write(config.out / outputs.PRIVACY)
+    if labels is not None:  # saved so that `dpsynth sample` reuses it instead of paying for a new histogram
+        outputs.write_json_atomic(config.out / outputs.LABELS, labels.to_dict())
     sample_info = sample_stage(config, prepared, labels, device=device, console=console)
     timings["sample_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_all
@@ -116,7 +118,8 @@ def run(config: RunConfig, *, console: Any = None) -> RunResult:
                     "plan": budget.describe()},
         "training": train_info,
         "sampling": sample_info,
-        "label_distribution": labels.describe() if hasattr(labels, "describe") else str(labels),
+        "label_distribution": None if labels is None else {"source": labels.source,
+                                                           "noise_multiplier": labels.noise_multiplier},
         "timings": timings,
     }
     outputs.write_json_atomic(config.out / outputs.RUN, run_record)

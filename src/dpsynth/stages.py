@@ -252,7 +252,9 @@ def build_label_distribution(config: RunConfig, prepared: PreparedData, budget: 
                                   noise_multiplier=hist.noise_multiplier, seed=config.seed)
     budget.ledger.notes.append(f"Labels for sampling come from a distribution declared public: "
                                f"{config.label_distribution}.")
-    return public_label_distribution(config.label_distribution, list(config.label_columns))
+    # The label values themselves are those the control codes were trained with (see docs/privacy.md).
+    categories = {c: sorted(prepared.table[c].unique().tolist()) for c in config.label_columns}
+    return public_label_distribution(config.label_distribution, list(config.label_columns), categories)
 
 
 def sample_stage(config: RunConfig, prepared: PreparedData, labels: Any, *, device: torch.device,
