@@ -1,5 +1,34 @@
-"""dpsynth: differentially private synthetic text from a pretrained causal language model."""
+"""dpsynth: differentially private synthetic text from a pretrained causal language model.
+
+Python API (mirrors the CLI)::
+
+    import dpsynth
+    result = dpsynth.run(dpsynth.RunConfig(data="reviews.csv", label_columns=["category", "stars"],
+                                           epsilon=4, out="runs/r1"))
+    result.synthetic_path, result.epsilon
+
+Names are imported lazily so that `dpsynth --help` does not load torch.
+"""
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import Any
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "run": ("dpsynth.pipeline", "run"),
+    "RunResult": ("dpsynth.pipeline", "RunResult"),
+    "RunConfig": ("dpsynth.config", "RunConfig"),
+    "DpsynthError": ("dpsynth.errors", "DpsynthError"),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(import_module(module), attr)
+    raise AttributeError(f"module 'dpsynth' has no attribute {name!r}")
