@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -58,6 +59,9 @@ def main() -> None:
     \b
     Start with `dpsynth demo`, then `dpsynth run --help`.
     """
+    # Library deprecation chatter (transformers/peft) is for developers, not for someone running a job.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def _click_type(annotation: Any) -> tuple[Any, bool]:
