@@ -265,16 +265,20 @@ def _embedding_metrics(cfg: EvaluateConfig, real: TextTable, syn: TextTable, tra
                        timer: _Timer) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
     from dpsynth.evaluate import fidelity as fid
     from dpsynth.evaluate import leakage
-    from dpsynth.evaluate.embeddings import encode_texts
+    from dpsynth.evaluate.embeddings import encode_texts, load_embedder
 
     real_s = real.subsample(cfg.max_fidelity_records, cfg.seed)
     syn_s = syn.subsample(cfg.max_fidelity_records, cfg.seed + 1)
-    with timer("embedding"):
-        kw = {"device": cfg.device, "show_progress": cfg.show_progress}
+    kw = {"device": cfg.device, "show_progress": cfg.show_progress}
+    with timer("embedding_model_load"):
+        load_embedder(cfg.embedding_model, cfg.device)
+    with timer("embedding_real"):
         e_real = encode_texts(real_s.texts, cfg.embedding_model, label="embedding real", **kw)
+    with timer("embedding_synthetic"):
         e_syn = encode_texts(syn_s.texts, cfg.embedding_model, label="embedding synthetic", **kw)
-        e_train = None
-        if train is not None:
+    e_train = None
+    if train is not None:
+        with timer("embedding_train"):
             train_s = train.subsample(cfg.max_fidelity_records, cfg.seed + 2)
             e_train = encode_texts(train_s.texts, cfg.embedding_model, label="embedding train", **kw)
     out: dict[str, Any] = {"num_real": len(real_s), "num_synthetic": len(syn_s)}
