@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 CORPUS = [
     "category: fresh | movie: Up\n\nA lovely, funny film about a house with balloons.",
@@ -58,6 +58,15 @@ def tiny_model(tokenizer):
 @pytest.fixture(scope="session")
 def tiny_model_f64(tokenizer):
     return make_model(tokenizer, dtype=torch.float64, init_range=0.5)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_f64(tokenizer):
+    """GPT-2 architecture (learned absolute positions, Conv1D, tied head): the reference recipe's model family."""
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=256,
+                        initializer_range=0.5, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return GPT2LMHeadModel(config).to(torch.float64).eval()
 
 
 @pytest.fixture(scope="session")

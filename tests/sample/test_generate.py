@@ -42,6 +42,14 @@ def test_greedy_batched_matches_unbatched_generate(tokenizer, tiny_model_f64, ba
         assert ids == _hf_reference(tiny_model_f64, tokenizer, prompt, 12)
 
 
+@pytest.mark.parametrize("static_cache", [False, True])
+def test_greedy_batched_matches_generate_gpt2(tokenizer, tiny_gpt2_f64, static_cache):
+    got = generate_token_ids(tiny_gpt2_f64, tokenizer, PROMPTS, top_k=1, max_new_tokens=10, batch_size=4,
+                             static_cache=static_cache)
+    refs = {p: _hf_reference(tiny_gpt2_f64, tokenizer, p, 10) for p in set(PROMPTS)}
+    assert got == [refs[p] for p in PROMPTS]
+
+
 def test_greedy_with_repetition_penalty_matches_generate(tokenizer, tiny_model_f64):
     got = generate_token_ids(tiny_model_f64, tokenizer, PROMPTS[:5], top_k=1, max_new_tokens=12, batch_size=5,
                              repetition_penalty=1.5)
