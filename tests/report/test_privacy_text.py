@@ -78,6 +78,7 @@ def test_unknown_mechanism_and_notes_are_listed() -> None:
 
 def test_formatting_helpers() -> None:
     assert fmt_prob(1.1e-6) == "1.1e-6" and fmt_prob(0.05) == "0.05" and fmt_prob(1e-5) == "1e-5"
+    assert fmt_prob(0.00094) == "0.00094"  # a small-N default δ formats without an exponent
     assert fmt_factor(1.0) == "2.72" and fmt_factor(4.0) == "55" and fmt_factor(8.0) == "2,981"
     assert fmt_factor(1000) == "astronomically large"
 

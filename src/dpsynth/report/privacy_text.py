@@ -48,9 +48,10 @@ def fmt_prob(p: float) -> str:
     """1.1e-06 → '1.1e-6'; 0.05 → '0.05'."""
     if p == 0:
         return "0"
-    if p >= 1e-3:
-        return f"{p:.3g}"
-    mant, exp = f"{p:.2g}".split("e")
+    text = f"{p:.3g}" if p >= 1e-3 else f"{p:.2g}"
+    if "e" not in text:  # e.g. 0.00094 formats without an exponent
+        return text
+    mant, exp = text.split("e")
     return f"{mant}e{int(exp)}"
 
 
