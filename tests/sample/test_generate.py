@@ -158,3 +158,16 @@ def test_lora_wrapped_model(tokenizer, tiny_model_f64, model_factory):
 
 def test_clean_text():
     assert clean_text("  a\r\nb\x00c\rd\te\x7f \n") == "a\nbcd\te"
+
+
+def test_static_decoder_is_reused_across_calls(tokenizer, tiny_model_f64):
+    from dpsynth.sample import generate as g
+
+    kw = dict(top_k=1, max_new_tokens=6, batch_size=4, static_cache=True)
+    first = generate_token_ids(tiny_model_f64, tokenizer, PROMPTS[:4], **kw)
+    decoder = g._STATIC["decoder"]
+    second = generate_token_ids(tiny_model_f64, tokenizer, PROMPTS[1:4] + PROMPTS[5:6], **kw)  # same shapes
+    assert g._STATIC["decoder"] is decoder  # no rebuild (on CUDA: no recompilation) between chunks
+    assert first[1:] == second[:3]
+    g.release_static_decoder()
+    assert "decoder" not in g._STATIC

@@ -136,3 +136,12 @@ def test_prompts_match_training_encoding(tokenizer):
     ids = records[0].input_ids.tolist()
     prompt_ids = encode_prompts(tokenizer, [prefix])[0]
     assert ids[: len(prompt_ids)] == prompt_ids
+
+
+def test_static_cache_run_releases_decoder(tmp_path, tokenizer, tiny_model, dist):
+    from dpsynth.sample import generate as g
+
+    rep = sample_synthetic(tiny_model, tokenizer, dist, 20, tmp_path / "s.csv", label_columns=COLS, decoding=FAST,
+                           batch_size=4, chunk_size=8, progress=False, drop_empty=False, static_cache=True)
+    assert rep.rows_written == 20 and rep.backend == "hf-static"
+    assert "decoder" not in g._STATIC  # GPU memory of the static cache is returned when sampling ends

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -325,6 +326,30 @@ class _StaticDecoder(_EagerDecoder):
         return _cut_at_eos(out[:batch], cfg.eos_ids), steps
 
 
+# One compiled decoder is kept between calls (a sampling run calls once per chunk; recompiling would cost tens of
+# seconds each time). Keyed on everything that fixes its shapes; prompt room is rounded up so chunks share it.
+_STATIC: dict[str, Any] = {}
+
+
+def _static_decoder(model: Any, cfg: _Decoding, device: torch.device, rows: int, prompt_len: int) -> _StaticDecoder:
+    room = 32 * math.ceil(prompt_len / 32)
+    key = (id(model), rows, room, cfg, device)
+    if _STATIC.get("key") != key or _STATIC.get("model") is not model:
+        failed = _STATIC.get("failed", False)
+        release_static_decoder()
+        _STATIC["failed"] = failed
+        _STATIC.update(key=key, model=model, decoder=_StaticDecoder(model, cfg, device, rows=rows, prompt_len=room,
+                                                                     compile=device.type == "cuda"))
+    return _STATIC["decoder"]
+
+
+def release_static_decoder() -> None:
+    """Free the kept static KV cache and compiled step (call when sampling is over to return GPU memory)."""
+    _STATIC.clear()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 # ---------------------------------------------------------------------------------------------- vLLM (optional)
 def _vllm_available() -> bool:
     try:
@@ -440,15 +465,17 @@ def _generate_hf(model: Any, ids: list[list[int]], cfg: _Decoding, batch_size: i
     max_prompt = max(len(p) for p in ids)
     if batch_size == "auto":
         batch_size = auto_batch_size(model, len(ids), max_prompt, cfg.max_new_tokens)
-    batch_size = max(1, min(int(batch_size), len(ids)))
+    requested = max(1, int(batch_size))
+    batch_size = min(requested, len(ids))
     # Buckets: sort by length then content, so identical control codes share a batch and padding is minimal.
     order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), ids[i]))
     decoder: _EagerDecoder = _EagerDecoder(model, cfg, device)
     use_static = static_cache is True or (static_cache == "auto" and device.type == "cuda")
-    if use_static:
+    # A call with far fewer prompts than the static batch (the last chunk of a run) is cheaper eagerly.
+    if use_static and (static_cache is True or (len(ids) >= requested // 4 and not _STATIC.get("failed"))):
         try:
-            decoder = _StaticDecoder(model, cfg, device, rows=batch_size, prompt_len=max_prompt,
-                                     compile=device.type == "cuda")
+            decoder = _static_decoder(model, cfg, device, requested, max_prompt)
+            batch_size = requested
         except Exception as e:  # pragma: no cover - depends on model/cache support
             log.warning("static KV cache unavailable (%s); using the dynamic cache", type(e).__name__)
     result: list[list[int]] = [[] for _ in ids]
@@ -469,6 +496,8 @@ def _generate_hf(model: Any, ids: list[list[int]], cfg: _Decoding, batch_size: i
                     if isinstance(decoder, _StaticDecoder) and static_cache == "auto" and b == 0:
                         log.warning("static/compiled decoding failed (%s); falling back to the dynamic cache",
                                     type(e).__name__)
+                        release_static_decoder()
+                        _STATIC["failed"] = True  # do not retry (and recompile) on every later call
                         decoder = _EagerDecoder(model, cfg, device)
                         if gen is not None:
                             gen.manual_seed(_batch_seed(seed, b))

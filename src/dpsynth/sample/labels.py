@@ -103,6 +103,17 @@ class LabelDistribution:
         }
 
 
+def label_distribution_from_dict(d: Mapping[str, Any]) -> LabelDistribution:
+    """Inverse of `LabelDistribution.to_dict` (a run's label_distribution.json), so sampling again from a finished
+    run reuses its already-paid-for DP histogram instead of drawing (and paying for) a new one."""
+    cols = list(d["label_columns"])
+    combos = [{c: str(row[c]) for c in cols} for row in d["combinations"]]
+    probs = np.array([float(row["probability"]) for row in d["combinations"]])
+    return LabelDistribution(cols, combos, probs, d["source"], noise_multiplier=d.get("noise_multiplier"),
+                             sensitivity=d.get("sensitivity"), categories_declared=bool(d.get("categories_declared")),
+                             fell_back_to_uniform=bool(d.get("fell_back_to_uniform")), notes=list(d.get("notes", [])))
+
+
 def _check_columns(label_columns: Sequence[str]) -> list[str]:
     cols = list(label_columns)
     if not cols:

@@ -20,7 +20,14 @@ from typing import Any, Literal
 import numpy as np
 
 from dpsynth.errors import DpsynthError
-from dpsynth.sample.generate import Backend, GenerationStats, auto_batch_size, encode_prompts, generate_texts
+from dpsynth.sample.generate import (
+    Backend,
+    GenerationStats,
+    auto_batch_size,
+    encode_prompts,
+    generate_texts,
+    release_static_decoder,
+)
 from dpsynth.sample.labels import LabelDistribution
 from dpsynth.sample.writer import SyntheticWriter, postprocess
 
@@ -139,6 +146,7 @@ def sample_synthetic(
     prompt_encoder: Callable[[str], list[int]] | None = None,
     add_bos: bool = False,
     backend: Backend = "auto",
+    static_cache: bool | Literal["auto"] = "auto",
 ) -> SampleReport:
     """Generate `num_samples` records into `out_path` (.csv/.jsonl/.parquet): one text column plus the labels.
 
@@ -148,6 +156,7 @@ def sample_synthetic(
     report counts what was dropped. `resume=True` continues an interrupted run of the same settings and refuses
     one with different settings; `resume=False` overwrites. Prefixes are encoded as training encodes them
     (`encode_prompts`: no special tokens, BOS first if `add_bos`); `prompt_encoder` overrides that if needed.
+    `backend` and `static_cache` are passed to `generate_texts` (static cache + compiled step on CUDA by default).
     """
     decoding = decoding or DecodingConfig()
     label_columns = list(label_columns)
@@ -221,6 +230,7 @@ def sample_synthetic(
                                    top_k=decoding.top_k, top_p=decoding.top_p,
                                    repetition_penalty=decoding.repetition_penalty, batch_size=batch_size,
                                    seed=_chunk_seed(seed, c), backend=backend, stats=stats,
+                                   static_cache=static_cache,
                                    progress=(lambda n: bar.advance(task, n)) if bar is not None else None)
             skip = draws_done - start  # rows of this chunk already on disk (only if the chunk size changed)
             rows = [{text_column: t, **{k: lab[k] for k in label_columns}}
@@ -234,6 +244,7 @@ def sample_synthetic(
         writer.finish()
     finally:
         writer.close()
+        release_static_decoder()
         if bar is not None:
             bar.stop()
     return report(True)
