@@ -127,3 +127,17 @@ def test_empty_file_is_refused(tiny_model: Path, tmp_path: Path) -> None:
     empty.write_text("")
     code, output = _cli("run", "--data", str(empty), "--model", str(tiny_model), "--out", str(tmp_path / "o"))
     assert code == 2 and "empty" in output.lower()
+
+
+def test_sample_more_from_a_finished_run_costs_nothing(reviews: Path, tiny_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run(_config(reviews, tiny_model, out, epsilon=4.0, num_samples=4))
+    ledger_before = (out / "privacy.json").read_text()
+    more = tmp_path / "more.jsonl"
+    code, output = _cli("sample", "--run", str(out), "--num", "15", "--out", str(more), "--max-new-tokens", "6")
+    assert code == 0, output
+    rows = pd.read_json(more, lines=True)
+    assert len(rows) <= 15 and set(rows.columns) == {"text", "sentiment"}
+    assert (out / "privacy.json").read_text() == ledger_before, "sampling is post-processing: no new cost"
+    code, output = _cli("sample", "--run", str(tmp_path), "--num", "3", "--out", str(tmp_path / "x.csv"))
+    assert code == 2 and "not a finished dpsynth run" in output

@@ -1,0 +1,49 @@
+"""The command line: help texts teach, user errors are one line with exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from click.testing import CliRunner
+
+from dpsynth.cli import main
+
+
+def _invoke(*args: str) -> tuple[int, str]:
+    res = CliRunner().invoke(main, list(args))
+    return res.exit_code, res.output
+
+
+def test_help_lists_commands_and_run_options_with_defaults() -> None:
+    code, out = _invoke("--help")
+    assert code == 0 and all(f"  {c} " in out for c in ("run", "demo", "evaluate", "sample"))
+    code, out = _invoke("run", "--help")
+    assert code == 0 and "--epsilon" in out and "[default: 4.0]" in out and "Examples:" in out
+
+
+def test_run_without_data_is_a_user_error() -> None:
+    code, out = _invoke("run", "--out", "x")
+    assert code == 2 and out.strip() == "error: --data is required"
+
+
+def test_evaluate_fast_path(tmp_path: Path) -> None:
+    from dpsynth.data.demo import load_demo_dataset
+
+    df = load_demo_dataset(max_records=240, seed=0)
+    real, synth = tmp_path / "real.csv", tmp_path / "synth.csv"
+    df.iloc[:120].to_csv(real, index=False)
+    df.iloc[120:].to_csv(synth, index=False)
+    code, out = _invoke("evaluate", "--real", str(real), "--synthetic", str(synth), "--label-columns", "sentiment",
+                        "--no-embeddings", "--out", str(tmp_path / "eval"))
+    assert code == 0, out
+    assert (tmp_path / "eval" / "metrics.json").is_file() and (tmp_path / "eval" / "report.html").is_file()
+    assert "Accuracy" in out or "accuracy" in out
+
+
+def test_evaluate_missing_column_is_one_line(tmp_path: Path) -> None:
+    real = tmp_path / "real.csv"
+    pd.DataFrame({"text": ["a b c"] * 20, "label": ["x", "y"] * 10}).to_csv(real, index=False)
+    code, out = _invoke("evaluate", "--real", str(real), "--synthetic", str(real), "--label-columns", "lable",
+                        "--no-embeddings", "--out", str(tmp_path / "e"))
+    assert code == 2 and out.startswith("error:") and len(out.strip().splitlines()) == 1, out
