@@ -60,3 +60,12 @@ def test_topics_identical_and_different(reviews, headlines) -> None:
     other = textstats.topic_comparison(rv, headlines[:600], num_topics=6)
     assert other["tvd"] > ident["tvd"] + 0.2
     assert other["synthetic_no_topic"] > ident["synthetic_no_topic"]  # headlines miss the review vocabulary
+
+
+def test_rare_real_ngrams_are_not_kept_for_display() -> None:
+    real = ["secret phrase alpha"] + ["common words here"] * 3
+    out = textstats.ngram_comparison(real, ["common words here"])
+    shown = [g for g, _ in out["unigrams"]["real"]]
+    assert "common" in shown and "secret" not in shown and "alpha" not in shown
+    # the overlap still uses every top n-gram ("here" is a stop word): {common, words} / 5 words
+    assert out["unigrams"]["jaccard"] == pytest.approx(2 / 5)

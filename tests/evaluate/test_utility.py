@@ -102,3 +102,17 @@ def test_transformer_classifier_rejects_missing_folder(tmp_path: Path) -> None:
     settings = utility.TransformerSettings(model=str(tmp_path / "nope"), device="cpu", show_progress=False)
     with pytest.raises(DpsynthError, match="not a local model folder"):
         utility.transformer_classifier_score(["a", "b"], ["x", "y"], ["a"], ["x"], settings)
+
+
+@pytest.mark.real_model
+def test_transformer_classifier_on_bundled_minilm() -> None:
+    pos = ["a wonderful, moving film", "great acting and a sharp script", "I loved every minute",
+           "a joy from start to finish"] * 4
+    neg = ["a dull, lifeless mess", "terrible acting and a weak script", "I hated every minute",
+           "a chore from start to finish"] * 4
+    settings = utility.TransformerSettings(epochs=3, batch_size=8, learning_rate=2e-4, device="cpu",
+                                           show_progress=False)
+    score = utility.transformer_classifier_score(pos + neg, ["pos"] * 16 + ["neg"] * 16,
+                                                 ["a wonderful script", "a lifeless film", "loved it", "hated it"],
+                                                 ["pos", "neg", "pos", "neg"], settings)
+    assert score.accuracy == 1.0  # pretrained sentence knowledge transfers to unseen phrasings

@@ -87,13 +87,18 @@ def jaccard(a: Sequence[str], b: Sequence[str]) -> float:
     return 1.0 if not sa and not sb else len(sa & sb) / len(sa | sb)
 
 
-def ngram_comparison(real_texts: Sequence[str], synthetic_texts: Sequence[str], k: int = 50) -> dict[str, Any]:
-    """Top-k unigrams and bigrams of each set and the Jaccard overlap of the two top-k lists."""
+def ngram_comparison(real_texts: Sequence[str], synthetic_texts: Sequence[str], k: int = 50,
+                     min_real_count: int = 3) -> dict[str, Any]:
+    """Top-k unigrams and bigrams of each set and the Jaccard overlap of the two top-k lists.
+
+    The lists kept for display hold the 20 most frequent; real n-grams only when they occur at least
+    `min_real_count` times, so a phrase of one real record is never written out.
+    """
     out: dict[str, Any] = {"k": k}
     for n, name in ((1, "unigrams"), (2, "bigrams")):
         real = top_ngrams(real_texts, n, k)
         syn = top_ngrams(synthetic_texts, n, k)
-        out[name] = {"real": real[:20], "synthetic": syn[:20],
+        out[name] = {"real": [(g, c) for g, c in real[:20] if c >= min_real_count], "synthetic": syn[:20],
                      "jaccard": jaccard([g for g, _ in real], [g for g, _ in syn])}
     return out
 

@@ -158,7 +158,7 @@ def _ngrams_section(ngrams: dict[str, Any] | None) -> str:
     parts = ['<section id="ngrams"><h2>Frequent words</h2>', _explain("ngrams")]
     for key, name in (("unigrams", "words"), ("bigrams", "word pairs")):
         block = ngrams[key]
-        # real n-grams are shown only when frequent (≥ 3 occurrences): an aggregate, never one record's phrase
+        # real n-grams come pre-filtered to frequent ones (≥ 3 occurrences); filter again for hand-made metrics
         parts.append(f"<h3>Top {esc(name)} (overlap {block['jaccard']:.2f})</h3>")
         parts.append(_table(["set", f"most frequent {name} (count)"],
                             [["real", _ngram_list(block["real"], 3)],
