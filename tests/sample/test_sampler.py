@@ -145,3 +145,12 @@ def test_static_cache_run_releases_decoder(tmp_path, tokenizer, tiny_model, dist
                            batch_size=4, chunk_size=8, progress=False, drop_empty=False, static_cache=True)
     assert rep.rows_written == 20 and rep.backend == "hf-static"
     assert "decoder" not in g._STATIC  # GPU memory of the static cache is returned when sampling ends
+
+
+def test_progress_bar_inside_another_live_display(tmp_path, tokenizer, tiny_model, dist):
+    from rich.progress import Progress
+
+    with Progress():  # e.g. the CLI's own stage display
+        rep = sample_synthetic(tiny_model, tokenizer, dist, 4, tmp_path / "p.csv", label_columns=COLS,
+                               decoding=FAST, batch_size=2, progress=True)
+    assert rep.complete

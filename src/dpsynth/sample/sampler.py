@@ -219,8 +219,13 @@ def sample_synthetic(
 
     bar = task = None
     if progress and draws_done < num_samples:
+        from rich.errors import LiveError
+
         bar, task = _progress_bar(num_samples, draws_done)
-        bar.start()
+        try:
+            bar.start()
+        except LiveError:  # the caller already shows a live display; sample without a bar of our own
+            bar = task = None
     try:
         while draws_done < num_samples:
             c = draws_done // chunk
