@@ -145,6 +145,7 @@ def sample_synthetic(
     chunk_size: int | None = None,
     prompt_encoder: Callable[[str], list[int]] | None = None,
     add_bos: bool = False,
+    eos_token_id: int | Sequence[int] | None = None,
     backend: Backend = "auto",
     static_cache: bool | Literal["auto"] = "auto",
 ) -> SampleReport:
@@ -156,7 +157,8 @@ def sample_synthetic(
     report counts what was dropped. `resume=True` continues an interrupted run of the same settings and refuses
     one with different settings; `resume=False` overwrites. Prefixes are encoded as training encodes them
     (`encode_prompts`: no special tokens, BOS first if `add_bos`); `prompt_encoder` overrides that if needed.
-    `backend` and `static_cache` are passed to `generate_texts` (static cache + compiled step on CUDA by default).
+    `backend`, `static_cache` and `eos_token_id` (default: the tokenizer's; pass the id training appended) go to
+    `generate_texts` (static cache + compiled step on CUDA by default).
     """
     decoding = decoding or DecodingConfig()
     label_columns = list(label_columns)
@@ -235,7 +237,7 @@ def sample_synthetic(
                                    top_k=decoding.top_k, top_p=decoding.top_p,
                                    repetition_penalty=decoding.repetition_penalty, batch_size=batch_size,
                                    seed=_chunk_seed(seed, c), backend=backend, stats=stats,
-                                   static_cache=static_cache,
+                                   static_cache=static_cache, eos_token_id=eos_token_id,
                                    progress=(lambda n: bar.advance(task, n)) if bar is not None else None)
             skip = draws_done - start  # rows of this chunk already on disk (only if the chunk size changed)
             rows = [{text_column: t, **{k: lab[k] for k in label_columns}}
