@@ -98,9 +98,9 @@ def test_summary_rows_cover_every_metric() -> None:
     rows = summary_rows(_metrics() | {"privacy": describe_privacy(LEDGER).to_dict()})
     names = [r[0] for r in rows]
     assert rows[0] == ("Privacy", "ε = 4, δ = 1e-6 per record", rows[0][2])
-    assert "Accuracy · sentiment [tfidf]" in names and "MAUVE" in names and "FID (embeddings)" in names
+    assert "Accuracy · sentiment (tfidf)" in names and "MAUVE" in names and "FID (embeddings)" in names
     assert ("Copied 8-word runs from training", "2 of 20 (10.0%)", "0") in rows
-    assert dict((r[0], r[1]) for r in rows)["Accuracy · sentiment [tfidf]"] == "0.700 (real-trained 0.800)"
+    assert dict((r[0], r[1]) for r in rows)["Accuracy · sentiment (tfidf)"] == "0.700 (real-trained 0.800)"
 
 
 def test_write_report(tmp_path: Path) -> None:

@@ -72,7 +72,7 @@ def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
             good = EXPLAIN[key][1]
             if key == "accuracy":
                 good += f"; majority class {_f(syn['majority_accuracy'])}"
-            rows.append((f"{name} · {col} [{res['classifier']}]", value, good))
+            rows.append((f"{name} · {col} ({res['classifier']})", value, good))  # no [..]: rich markup
     fid = metrics.get("fidelity")
     if fid:
         rows.append((f"Precision / recall / F1 (k={fid.get('k')})",
