@@ -14,13 +14,16 @@ def test_words_keep_contractions_and_drop_punctuation() -> None:
 def test_length_comparison_known_values() -> None:
     real = ["a", "a b", "a b c"]
     syn = ["a b", "a b c", "a b c d"]
-    out = textstats.length_comparison(real, syn, bins=4)
+    out = textstats.length_comparison(real, syn, bins=10)
     assert out["real"]["mean"] == 2.0 and out["synthetic"]["mean"] == 3.0
     assert out["real"]["median"] == 2.0 and out["real"]["max"] == 3.0
     assert out["wasserstein_words"] == pytest.approx(1.0)  # every quantile shifted by one word
     hist = out["histogram"]
     assert sum(hist["real"]) == 3 and sum(hist["synthetic"]) == 3
-    assert len(hist["edges"]) == 5
+    assert hist["edges"][0] == -0.5 and all(e % 1 == 0.5 for e in hist["edges"])  # whole-word bins
+    assert hist["real"] == [0, 1, 1, 1, 0] and hist["synthetic"] == [0, 0, 1, 1, 1]  # bins for 0..4 words
+    wide = textstats.length_comparison(["w " * 95] * 3, ["w"], bins=30)["histogram"]
+    assert len(wide["real"]) <= 31 and wide["edges"][1] - wide["edges"][0] == 4
 
 
 def test_label_comparison_tvd_and_missing_values() -> None:

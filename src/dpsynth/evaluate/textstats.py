@@ -40,8 +40,10 @@ def length_comparison(real_texts: Sequence[str], synthetic_texts: Sequence[str],
 
     real = [len(words(t)) for t in real_texts]
     syn = [len(words(t)) for t in synthetic_texts]
-    top = max(np.quantile(real, 0.99) if real else 1, np.quantile(syn, 0.99) if syn else 1, 1)
-    edges = np.linspace(0, float(np.ceil(top)), bins + 1)
+    top = int(np.ceil(max(np.quantile(real, 0.99) if real else 1, np.quantile(syn, 0.99) if syn else 1, 1)))
+    # bins of a whole number of words, centred on integers: fractional widths make spiky, aliased histograms
+    width = max(1, int(np.ceil((top + 1) / bins)))
+    edges = np.arange(0, top + width + 1, width, dtype=float) - 0.5
     # values above the 99th percentile go into the last bin so one very long record does not flatten the plot
     h_real = np.histogram(np.clip(real, 0, edges[-1]), bins=edges)[0]
     h_syn = np.histogram(np.clip(syn, 0, edges[-1]), bins=edges)[0]
