@@ -25,7 +25,7 @@ import numpy as np
 
 from dpsynth.errors import DpsynthError
 
-_CHUNK_ELEMENTS = 1 << 24  # distance-matrix block size (64 MiB of float32): bounded memory for large sets
+_CHUNK_ELEMENTS = 1 << 22  # distance-matrix block (32 MiB of float64): bounded memory for large sets
 
 
 @dataclass(frozen=True)
