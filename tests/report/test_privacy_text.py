@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dpsynth.errors import DpsynthError
-from dpsynth.report.privacy_text import describe_privacy, fmt_factor, fmt_prob, load_ledger
+from dpsynth.report.privacy_text import describe_privacy, fmt_eps, fmt_factor, fmt_prob, load_ledger
 
 LEDGER = {
     "epsilon": 4.0, "delta": 1.1e-6, "unit": "record", "accountant": "pld", "num_units": 100_000,
@@ -35,9 +35,9 @@ def test_record_level_statement() -> None:
 
 
 def test_user_level_statement() -> None:
-    s = describe_privacy(LEDGER | {"unit": "user", "max_records_per_user": 8})
+    s = describe_privacy(LEDGER | {"unit": "user", "records_per_user_cap": 8})
     assert "Each user's influence" in s.headline
-    assert "any one user's records (all of them together)" in s.headline
+    assert "any one user's records (all of them together) were in the training set" in s.headline
     assert s.guarantee.endswith("per user, accounted with PLD.")
     assert any("at most 8 records per user" in d for d in s.details)
     assert "every user joined the batch" in s.as_text()
@@ -81,6 +81,10 @@ def test_formatting_helpers() -> None:
     assert fmt_prob(0.00094) == "0.00094"  # a small-N default δ formats without an exponent
     assert fmt_factor(1.0) == "2.72" and fmt_factor(4.0) == "55" and fmt_factor(8.0) == "2,981"
     assert fmt_factor(1000) == "astronomically large"
+    # ε is rounded up, never down: the statement must not claim more privacy than was accounted
+    assert fmt_eps(2.32472) == "2.33" and fmt_eps(4.0) == "4" and fmt_eps(3.99) == "3.99"
+    assert fmt_eps(12.31) == "12.4" and fmt_eps(0.51234) == "0.513"
+    assert "(ε = 2.33, δ = 1.1e-6)" in describe_privacy(LEDGER | {"epsilon": 2.32472}).guarantee
 
 
 def test_load_ledger(tmp_path: Path) -> None:
@@ -91,3 +95,14 @@ def test_load_ledger(tmp_path: Path) -> None:
     (tmp_path / "privacy.json").write_text("{not json")
     with pytest.raises(DpsynthError, match="not a readable privacy ledger"):
         load_ledger(tmp_path)
+
+
+def test_fields_of_the_pipeline_ledger() -> None:
+    """Fields written by dpsynth.privacy.ledger: interim writes, neighbouring notion, seeded noise."""
+    s = describe_privacy(LEDGER | {"accountant": "PLD (dp-accounting 0.6.0)", "neighbouring": "add/remove one",
+                                   "noise_rng": "seeded", "interim": True})
+    assert s.guarantee.endswith("accounted with PLD (dp-accounting 0.6.0).")
+    assert any("may not have finished" in w for w in s.warnings)
+    assert "Neighbouring datasets: add/remove one record" in s.as_text()
+    assert "seeded pseudo-random generator" in s.as_text()
+    assert not describe_privacy(LEDGER | {"noise_rng": "secure"}).warnings

@@ -67,6 +67,15 @@ def fmt_factor(eps: float) -> str:
     return f"{value:.1e}"
 
 
+def fmt_eps(eps: float) -> str:
+    """ε to 3 significant digits, rounded UP (a guarantee must not be shown stronger than it is): 2.3247 → 2.33."""
+    if eps <= 0 or not math.isfinite(eps):
+        return f"{eps:g}"
+    digits = 2 - math.floor(math.log10(eps))
+    factor = 10.0 ** digits
+    return f"{math.ceil(eps * factor - 1e-9) / factor:g}"
+
+
 def _number(value: Any) -> float | None:
     if value is None:
         return None
@@ -145,7 +154,7 @@ def describe_privacy(ledger: Mapping[str, Any] | None, *, noun: str = "record") 
     clip_norm = _number(ledger.get("clip_norm"))
     accountant = ledger.get("accountant")
     non_private = bool(ledger.get("non_private")) or eps is None or math.isinf(eps)
-    what = "any one user's records (all of them together)" if unit == "user" else f"any one {noun}"
+    what = "any one user's records (all of them together) were" if unit == "user" else f"any one {noun} was"
     details: list[str] = []
     warnings: list[str] = []
 
@@ -153,7 +162,8 @@ def describe_privacy(ledger: Mapping[str, Any] | None, *, noun: str = "record") 
         warnings.append("This run was trained WITHOUT differential privacy (ε = ∞). The synthetic data may repeat "
                         "training records word for word and has no formal privacy guarantee; do not share it as if "
                         "it were private.")
-        headline = (f"No privacy guarantee: the generator was fine-tuned without noise, so {what} can influence "
+        who_any = "any one user's records" if unit == "user" else f"any one {noun}"
+        headline = (f"No privacy guarantee: the generator was fine-tuned without noise, so {who_any} can influence "
                     "the synthetic data without limit.")
         guarantee = "Guarantee: none (non-private run, ε = ∞)."
         if num_units:
@@ -164,15 +174,18 @@ def describe_privacy(ledger: Mapping[str, Any] | None, *, noun: str = "record") 
     who = "user's" if unit == "user" else f"{noun}'s"
     except_p = f", except with probability {fmt_prob(delta)}" if delta else ""
     headline = (f"Each {who} influence is bounded: anything computed from this synthetic data is almost equally "
-                f"likely (within a factor e^{eps:g} ≈ {fmt_factor(eps)}{except_p}) whether or not {what} was in "
-                "the training set.")
+                f"likely (within a factor e^{fmt_eps(eps)} ≈ {fmt_factor(eps)}{except_p}) whether or not {what} "
+                "in the training set.")
     acc = f", accounted with {str(accountant).upper() if len(str(accountant)) <= 4 else accountant}" if (
         accountant) else ""
     d_txt = f", δ = {fmt_prob(delta)}" if delta is not None else ""
-    guarantee = f"Guarantee: (ε = {eps:g}{d_txt}) differential privacy per {unit}{acc}."
+    guarantee = f"Guarantee: (ε = {fmt_eps(eps)}{d_txt}) differential privacy per {unit}{acc}."
     details.append(_strength(eps))
+    if ledger.get("interim"):
+        warnings.append("This ledger was written during training, so the run may not have finished; its ε is an "
+                        "upper bound for the updates applied so far.")
     if unit == "user":
-        cap = ledger.get("max_records_per_user")
+        cap = ledger.get("records_per_user_cap") or ledger.get("max_records_per_user")
         details.append("The privacy unit is the user: the bound covers everything one user contributed"
                        + (f" (at most {cap} records per user were used)." if cap else "."))
     if delta is not None and num_units:
@@ -191,6 +204,11 @@ def describe_privacy(ledger: Mapping[str, Any] | None, *, noun: str = "record") 
     for mech in ledger.get("mechanisms") or []:
         if isinstance(mech, Mapping):
             details.append(_describe_mechanism(mech, noun, unit, num_units, clip_norm))
+    if ledger.get("neighbouring"):
+        details.append(f"Neighbouring datasets: {ledger['neighbouring']} {unit} (the standard add/remove notion).")
+    if ledger.get("noise_rng") == "seeded":
+        details.append("The noise came from a seeded pseudo-random generator: keep the seed secret, or train with a "
+                       "secure generator (--secure-rng) before releasing data.")
     details.append("Everything computed from the synthetic data alone (training a model on it, sharing it) keeps "
                    "this guarantee; metrics in this report that also use real data do not.")
     details.extend(str(n) for n in ledger.get("notes") or [])

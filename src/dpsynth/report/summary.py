@@ -55,11 +55,11 @@ def privacy_value(privacy: dict[str, Any] | None) -> str:
         return "unknown (no privacy.json)"
     if privacy.get("status") == "non_private":
         return "NONE (non-private run, ε = ∞)"
-    from dpsynth.report.privacy_text import fmt_prob
+    from dpsynth.report.privacy_text import fmt_eps, fmt_prob
 
     delta = privacy.get("delta")
     d = f", δ = {fmt_prob(delta)}" if delta is not None else ""
-    return f"ε = {privacy.get('epsilon'):g}{d} per {privacy.get('unit') or 'record'}"
+    return f"ε = {fmt_eps(privacy.get('epsilon'))}{d} per {privacy.get('unit') or 'record'}"
 
 
 def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
