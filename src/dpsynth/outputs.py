@@ -47,7 +47,8 @@ def prepare_output_folder(out: Path, *, overwrite: bool, resume: bool) -> None:
     """Create the folder; with --overwrite remove only what a dpsynth run writes (never unrelated files)."""
     out.mkdir(parents=True, exist_ok=True)
     if overwrite and not resume:
-        for name in (SYNTHETIC, PRIVACY, RUN, MODEL, CHECKPOINT, LABELS, "synthetic.csv.partial"):
+        for name in (SYNTHETIC, PRIVACY, RUN, MODEL, CHECKPOINT, LABELS, f".{SYNTHETIC}.progress.json",
+                     f"{MODEL}.partial"):
             target = out / name
             if target.is_dir():
                 shutil.rmtree(target)

@@ -7,11 +7,14 @@ sampling stage on a finished run).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from dpsynth import outputs
@@ -110,7 +113,33 @@ def plan_privacy(config: RunConfig, prepared: PreparedData) -> BudgetPlanOut:
                            epsilon_target=config.epsilon,
                            noise_rng="secure" if config.secure_rng else "seeded", notes=notes)
     ledger.add(DpSgdMechanism(plan.dpsgd.noise_multiplier, q, 0))  # steps are counted as they are taken
+    if config.resume:
+        _carry_over_spending(config.out / outputs.PRIVACY, ledger)
     return BudgetPlanOut(plan, ledger, steps, q, batch, delta, notes)
+
+
+def _carry_over_spending(path: Path, ledger: Any) -> None:
+    """On --resume, start from what the interrupted run already spent (read before anything rewrites the file).
+
+    The interrupted run's steps include those taken after its last checkpoint: they stay counted. A resume whose
+    settings would change the mechanisms (another ε, batch size, N…) is refused: two plans cannot share a ledger.
+    """
+    from dpsynth.privacy.accounting import DpSgdMechanism, GaussianMechanism
+    from dpsynth.privacy.ledger import PrivacyLedger
+
+    if not path.is_file():
+        return
+    prior = PrivacyLedger.read(path)
+    new = next(m for m in ledger.mechanisms if isinstance(m, DpSgdMechanism))
+    old = next((m for m in prior.mechanisms if isinstance(m, DpSgdMechanism)), None)
+    if old is None or not math.isclose(old.noise_multiplier, new.noise_multiplier, rel_tol=1e-9) \
+            or not math.isclose(old.sample_rate, new.sample_rate, rel_tol=1e-12) or prior.delta != ledger.delta:
+        raise DpsynthError(f"--resume: the settings differ from the interrupted run in {path.parent} (its noise, "
+                           "sampling rate or δ would change); resume with the same options, or start a new run")
+    ledger.set_dpsgd_steps(old.steps)
+    for m in prior.mechanisms:
+        if isinstance(m, GaussianMechanism):
+            ledger.add(m)
 
 
 def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut, *, device: torch.device,
@@ -170,7 +199,7 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
 
     start_step, spent = 0, 0
     if config.resume:
-        start_step, spent = _restore_for_resume(config, ckpt_dir, model, optimizer, sampler, noise)
+        start_step, spent = _restore_for_resume(ckpt_dir, ledger.dpsgd_steps, model, optimizer, sampler, noise)
         ledger.set_dpsgd_steps(spent)
         ledger.write(out_dir / outputs.PRIVACY)
     remaining = resume_plan(budget.steps, start_step, spent).remaining_steps
@@ -197,18 +226,14 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
             "layer_methods": _summarise_methods(result.layer_methods)}
 
 
-def _restore_for_resume(config: RunConfig, ckpt_dir: Path, model: Any, optimizer: Any, sampler: Any,
+def _restore_for_resume(ckpt_dir: Path, spent: int, model: Any, optimizer: Any, sampler: Any,
                         noise: Any) -> tuple[int, int]:
-    """(checkpoint step, steps already spent per the ledger on disk). Lost steps stay spent."""
-    from dpsynth.privacy.ledger import PrivacyLedger
-
+    """(checkpoint step, steps already spent per the carried-over ledger). Lost steps stay spent."""
     ckpt = load_checkpoint(ckpt_dir)
     step = 0
     if ckpt is not None:
         restore_checkpoint(ckpt, model=model, optimizer=optimizer, sampler=sampler, noise=noise)
         step = ckpt.step
-    prior = config.out / outputs.PRIVACY
-    spent = PrivacyLedger.read(prior).dpsgd_steps if prior.is_file() else 0
     return step, max(step, spent)
 
 
@@ -237,7 +262,7 @@ def save_model(config: RunConfig, prepared: PreparedData, target: Path) -> Path:
 
 def build_label_distribution(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut) -> Any:
     """Where the sampled control codes come from: a DP histogram (paid for), uniform, or a declared public file."""
-    from dpsynth.sample.labels import dp_label_histogram, public_label_distribution
+    from dpsynth.sample.labels import dp_label_histogram, label_distribution_from_dict, public_label_distribution
 
     if not config.label_columns:
         return None
@@ -247,9 +272,17 @@ def build_label_distribution(config: RunConfig, prepared: PreparedData, budget: 
             return dp_label_histogram(prepared.table, list(config.label_columns), noise_multiplier=0.0,
                                       seed=config.seed)
         hist = budget.plan.label_histogram
-        budget.ledger.add(hist)
+        saved = config.out / outputs.LABELS
+        already_paid = any(m == hist for m in budget.ledger.mechanisms)
+        if already_paid and saved.is_file():
+            # A resumed run already released (and paid for) its histogram: reuse it, never draw a second one.
+            return label_distribution_from_dict(json.loads(saved.read_text()))
+        if not already_paid or config.secure_rng:
+            # Seeded noise redraws the identical histogram (nothing new is released); secure noise would not.
+            budget.ledger.add(hist)
+        generator = np.random.default_rng(secrets.randbits(128)) if config.secure_rng else None
         return dp_label_histogram(prepared.table, list(config.label_columns),
-                                  noise_multiplier=hist.noise_multiplier, seed=config.seed)
+                                  noise_multiplier=hist.noise_multiplier, seed=config.seed, generator=generator)
     budget.ledger.notes.append(f"Labels for sampling come from a distribution declared public: "
                                f"{config.label_distribution}.")
     # The label values themselves are those the control codes were trained with (see docs/privacy.md).
