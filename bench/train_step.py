@@ -376,8 +376,12 @@ def _profile_step(prep: Prepared, device: torch.device, path: Path) -> None:
                     + prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=30))
 
 
-def measure(cfg: BenchConfig, mode: str, method: str) -> dict[str, Any]:
-    """Time and measure one (mode, method) in this process. Raises on failure (callers record the error)."""
+def measure(cfg: BenchConfig, mode: str, method: str, *, fresh_process: bool = False) -> dict[str, Any]:
+    """Time and measure one (mode, method) in this process. Raises on failure (callers record the error).
+
+    Host-memory figures are only reported for a `fresh_process`: after other methods ran in the same process, freed
+    memory kept by the allocator makes peak-RSS differences meaningless (they are kept apart, as *_unisolated).
+    """
     device = torch.device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -421,6 +425,9 @@ def measure(cfg: BenchConfig, mode: str, method: str) -> dict[str, Any]:
         peak_mem = None if peak is None or base_cpu is None else peak - base_cpu
         step_mem = None if peak is None or after_setup is None else peak - after_setup
         extra = {"peak_rss_bytes": peak, "peak_reset_after_build": hwm_reset}
+        if not fresh_process:
+            extra.update(peak_mem_unisolated_bytes=peak_mem, step_mem_unisolated_bytes=step_mem)
+            peak_mem = step_mem = None
     after = _snapshot(prep.params)
     updated = sum(not torch.equal(a, b) for a, b in zip(before, after, strict=True)) / max(len(before), 1)
 
@@ -449,10 +456,10 @@ def measure(cfg: BenchConfig, mode: str, method: str) -> dict[str, Any]:
     return result
 
 
-def measure_safely(cfg: BenchConfig, mode: str, method: str) -> dict[str, Any]:
+def measure_safely(cfg: BenchConfig, mode: str, method: str, *, fresh_process: bool = False) -> dict[str, Any]:
     """measure(), with any failure turned into an error entry instead of ending the benchmark."""
     try:
-        return measure(cfg, mode, method)
+        return measure(cfg, mode, method, fresh_process=fresh_process)
     except Exception as exc:  # noqa: BLE001 - the benchmark records whatever a method fails with
         failed = {"error": f"{type(exc).__name__}: {exc}"[:2000], "traceback_tail": traceback.format_exc()[-2000:]}
     _cleanup(torch.device(cfg.device))  # outside `except`: the traceback's frames (model, activations) are gone
@@ -639,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.single:  # child process: one (mode, method), result to a file
         cfg = BenchConfig(**json.loads(args.config_json))
         mode, method = args.single.split(":", 1)
-        _write(measure_safely(cfg, mode, method), args.single_out)
+        _write(measure_safely(cfg, mode, method, fresh_process=True), args.single_out)
         return 0
     cfg = BenchConfig(
         model=args.model, device=args.device, precision=args.precision, batch=args.batch, seq_len=args.seq_len,
