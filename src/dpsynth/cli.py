@@ -151,6 +151,7 @@ def evaluate_cmd(**flags: Any) -> None:
     copied n-grams and nearest-neighbour distances to --train. The report opens with the run's privacy guarantee.
     """
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from dpsynth.evaluate.api import evaluate_synthetic, make_config
@@ -160,7 +161,7 @@ def evaluate_cmd(**flags: Any) -> None:
     for col in ("metric", "value", "good is"):
         table.add_column(col)
     for row in result.summary_rows():
-        table.add_row(*row)
+        table.add_row(*(escape(cell) for cell in row))  # a label column named "[x]" is text, not markup
     console = Console()
     console.print(table)
     for warning in result.warnings:
