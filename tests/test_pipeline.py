@@ -141,3 +141,18 @@ def test_sample_more_from_a_finished_run_costs_nothing(reviews: Path, tiny_model
     assert (out / "privacy.json").read_text() == ledger_before, "sampling is post-processing: no new cost"
     code, output = _cli("sample", "--run", str(tmp_path), "--num", "3", "--out", str(tmp_path / "x.csv"))
     assert code == 2 and "not a finished dpsynth run" in output
+
+
+def test_user_level_run_counts_users(reviews: Path, tiny_model: Path, tmp_path: Path) -> None:
+    df = pd.read_csv(reviews)
+    df["user"] = [f"u{i % 20}" for i in range(len(df))]  # 20 users with 4 records each
+    data = tmp_path / "users.csv"
+    df.to_csv(data, index=False)
+    out = tmp_path / "run"
+    run(_config(data, tiny_model, out, user_column="user", max_records_per_user=3, batch_size=5))
+    ledger = json.loads((out / "privacy.json").read_text())
+    assert ledger["unit"] == "user" and ledger["num_units"] == 20 and ledger["records_per_user_cap"] == 3
+    assert ledger["mechanisms"][0]["sample_rate"] == pytest.approx(5 / 20)
+    assert ledger["delta"] == pytest.approx(1 / (20 * math.log(20)))
+    report = json.loads((out / "run.json").read_text())["data"]
+    assert report["num_users"] == 20 and report["records_dropped_by_cap"] == 20

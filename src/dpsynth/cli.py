@@ -209,9 +209,9 @@ def sample_cmd(run_dir: Path, num: int, out: Path, **kwargs: Any) -> None:
 @main.command("demo")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True,
               help="Folder for the demo's data copy and run.")
-@click.option("--records", type=int, default=2000, show_default=True, help="Training records to use.")
+@click.option("--records", type=int, default=1000, show_default=True, help="Training records to use.")
 @click.option("--epsilon", type=str, default="4", show_default=True, help="Target ε ('inf' for no DP).")
-@click.option("--num-samples", type=int, default=200, show_default=True, help="Synthetic records to write.")
+@click.option("--num-samples", type=int, default=100, show_default=True, help="Synthetic records to write.")
 @click.option("--overwrite/--no-overwrite", default=True, show_default=True, help="Replace an earlier demo run.")
 def demo_cmd(out: Path, records: int, epsilon: str, num_samples: int, overwrite: bool) -> None:
     """The whole pipeline on real public data (Rotten Tomatoes review snippets) with the bundled SmolLM2-135M.

@@ -32,10 +32,15 @@ class PreparedData:
     loaded: Any  # dpsynth.models.loading.LoadedModel
     data_report: dict[str, Any]
     model_info: dict[str, Any]
+    units: list[list[int]] | None = None  # user-level DP: the record indices of each user (≤ the cap)
 
     @property
     def num_units(self) -> int:
-        return len(self.records)
+        return len(self.units) if self.units is not None else len(self.records)
+
+    @property
+    def unit_name(self) -> str:
+        return "user" if self.units is not None else "record"
 
 
 @dataclass
@@ -73,6 +78,9 @@ def load_and_encode(config: RunConfig, *, device: torch.device, console: Any) ->
                        user_column=config.user_column)
     validated = validate_table(df, spec, max_label_values=config.max_label_values, drop_empty=config.drop_empty)
     table = validated.df
+    units = None
+    if config.user_column:
+        table, units, capped = cap_records_per_user(table, config.user_column, config.max_records_per_user)
     with console.status("loading the model"):
         loaded = load_model(config.model, device=str(device))
     codes = ControlCodes(list(config.label_columns))
@@ -82,8 +90,20 @@ def load_and_encode(config: RunConfig, *, device: torch.device, console: Any) ->
     records = encode_records(loaded.tokenizer, prefixes, table[config.text_column].tolist(),
                              max_tokens=config.max_tokens, loss_on_prefix=config.loss_on_prefix)
     data_report = validated.report.to_dict() | records.summary()
+    if units is not None:
+        data_report |= {"num_users": len(units), "records_per_user_cap": config.max_records_per_user,
+                        "records_dropped_by_cap": capped}
     return PreparedData(table=table, records=records, loaded=loaded, data_report=data_report,
-                        model_info=describe_model(loaded.model) | {"name": loaded.name})
+                        model_info=describe_model(loaded.model) | {"name": loaded.name}, units=units)
+
+
+def cap_records_per_user(table: Any, user_column: str, cap: int) -> tuple[Any, list[list[int]], int]:
+    """Keep each user's first `cap` records (a choice made within each user's own data, so it is a per-unit
+    transformation DP allows) and list every user's row indices; returns (table, units, rows dropped)."""
+    keep = table.groupby(user_column, sort=False).cumcount() < cap
+    kept = table[keep].reset_index(drop=True)
+    units = [list(idx) for idx in kept.groupby(user_column, sort=False).indices.values()]
+    return kept, units, int((~keep).sum())
 
 
 def plan_privacy(config: RunConfig, prepared: PreparedData) -> BudgetPlanOut:
@@ -102,15 +122,19 @@ def plan_privacy(config: RunConfig, prepared: PreparedData) -> BudgetPlanOut:
         f"The training length ({config.max_tokens} tokens) is a fixed public setting, not chosen from the data.",
         "No checkpoint or hyper-parameter is selected using the private data.",
     ]
+    if prepared.units is not None:
+        notes.append(f"Privacy unit: the user ('{config.user_column}'); each user's first "
+                     f"{config.max_records_per_user} records are kept and clipped together.")
     if not config.private:
-        ledger = PrivacyLedger(delta=None, unit="record", num_units=n, non_private=True)
+        ledger = PrivacyLedger(delta=None, unit=prepared.unit_name, num_units=n, non_private=True)
         return BudgetPlanOut(None, ledger, steps, q, batch, None, notes)
     delta = config.delta if config.delta is not None else default_delta(n)
     wants_dp_labels = bool(config.label_columns) and config.label_distribution == "dp"
     plan = plan_budget(config.epsilon, delta, num_units=n, sample_rate=q, steps=steps,
                        label_fraction=config.label_budget_fraction if wants_dp_labels else None)
-    ledger = PrivacyLedger(delta=delta, unit="record", num_units=n, clip_norm=config.clip_norm,
+    ledger = PrivacyLedger(delta=delta, unit=prepared.unit_name, num_units=n, clip_norm=config.clip_norm,
                            epsilon_target=config.epsilon,
+                           records_per_user_cap=config.max_records_per_user if prepared.units else None,
                            noise_rng="secure" if config.secure_rng else "seeded", notes=notes)
     ledger.add(DpSgdMechanism(plan.dpsgd.noise_multiplier, q, 0))  # steps are counted as they are taken
     if config.resume:
@@ -182,15 +206,16 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
 
     plan = budget.plan
     # With --secure-rng the batches are secret too: the subsampling amplification assumes nobody can replay them.
-    sampler = PoissonSampler(len(records), budget.sample_rate, seed=config.seed, secure=config.secure_rng)
+    sampler = PoissonSampler(prepared.num_units, budget.sample_rate, seed=config.seed, secure=config.secure_rng)
     noise = NoiseSource(seed=config.seed + 1, secure=config.secure_rng)
     dp_plan = DPTrainingPlan(steps=budget.steps, sample_rate=budget.sample_rate,
                              expected_batch_size=budget.expected_batch_size,
                              noise_multiplier=plan.dpsgd.noise_multiplier, clip_norm=config.clip_norm,
                              learning_rate=lr, weight_decay=config.weight_decay,
-                             physical_batch_size=config.physical_batch_size)
+                             physical_batch_size=max(config.physical_batch_size,
+                                                     config.max_records_per_user if prepared.units else 1))
     trainer = DPTrainer(model, dp_plan, sampler=sampler, collate=collate_ids, lengths=lengths, noise=noise,
-                        optimizer=optimizer, device=device, precision=precision)
+                        optimizer=optimizer, device=device, precision=precision, units=prepared.units)
     others = [plan.label_histogram] if plan.label_histogram is not None else []
     tracker = EpsilonTracker(others, plan.dpsgd.noise_multiplier, budget.sample_rate, budget.delta)
     ledger = budget.ledger
@@ -281,8 +306,10 @@ def build_label_distribution(config: RunConfig, prepared: PreparedData, budget: 
             # Seeded noise redraws the identical histogram (nothing new is released); secure noise would not.
             budget.ledger.add(hist)
         generator = np.random.default_rng(secrets.randbits(128)) if config.secure_rng else None
-        return dp_label_histogram(prepared.table, list(config.label_columns),
-                                  noise_multiplier=hist.noise_multiplier, seed=config.seed, generator=generator)
+        # One user changes up to `cap` counts by 1 each, possibly all in one cell: L2 sensitivity ≤ cap.
+        sensitivity = float(config.max_records_per_user) if prepared.units is not None else 1.0
+        return dp_label_histogram(prepared.table, list(config.label_columns), noise_multiplier=hist.noise_multiplier,
+                                  sensitivity=sensitivity, seed=config.seed, generator=generator)
     budget.ledger.notes.append(f"Labels for sampling come from a distribution declared public: "
                                f"{config.label_distribution}.")
     # The label values themselves are those the control codes were trained with (see docs/privacy.md).

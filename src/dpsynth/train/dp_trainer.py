@@ -88,7 +88,9 @@ class DPTrainer:
         device: torch.device,
         precision: str = "fp32",
         dist_ctx: DistContext | None = None,
+        units: Sequence[Sequence[int]] | None = None,
     ) -> None:
+        """`units[u]` lists the example indices of privacy unit u (user-level DP); None: one example per unit."""
         self.model = model
         self.plan = plan
         self.sampler = sampler
@@ -99,27 +101,51 @@ class DPTrainer:
         self.device = device
         self.precision = precision
         self.dist = dist_ctx or DistContext()
+        self.units = None if units is None else [list(u) for u in units]
+        if self.units is not None and max(map(len, self.units)) > plan.physical_batch_size:
+            raise ValueError("physical_batch_size must hold a whole unit (the records-per-user cap)")
         self.engine = ClippingEngine(model, plan.clip_norm)
 
-    def _micro_batches(self, unit_ids: Sequence[int]) -> list[list[int]]:
-        """This rank's share of the step's examples, sorted longest first (less padding), in micro-batches."""
-        examples = self.dist.shard(sorted((int(i) for i in unit_ids), key=lambda i: -self.lengths[i]))
+    def _micro_batches(self, unit_ids: Sequence[int]) -> list[tuple[list[int], torch.Tensor | None]]:
+        """This rank's share of the step's units packed into micro-batches of examples, longest first.
+
+        Record-level: a unit is one example. User-level (`units` given): a unit's examples always share one
+        micro-batch, with a `groups` tensor telling the engine which rows form one unit to clip together.
+        """
         size = self.plan.physical_batch_size
-        return [examples[i : i + size] for i in range(0, len(examples), size)]
+        if self.units is None:
+            examples = self.dist.shard(sorted((int(i) for i in unit_ids), key=lambda i: -self.lengths[i]))
+            return [(examples[i : i + size], None) for i in range(0, len(examples), size)]
+        users = self.dist.shard(sorted((int(u) for u in unit_ids),
+                                       key=lambda u: -max(self.lengths[i] for i in self.units[u])))
+        batches: list[tuple[list[int], torch.Tensor | None]] = []
+        rows: list[int] = []
+        groups: list[int] = []
+        for u in users:
+            members = self.units[u]
+            if rows and len(rows) + len(members) > size:
+                batches.append((rows, torch.tensor(groups)))
+                rows, groups = [], []
+            unit_index = groups[-1] + 1 if groups else 0
+            rows += members
+            groups += [unit_index] * len(members)
+        if rows:
+            batches.append((rows, torch.tensor(groups)))
+        return batches
 
     def run_step(self, step: int) -> StepReport:
         t0 = time.perf_counter()
         unit_ids = self.sampler.sample_step()
         loss_sum, n = 0.0, 0
         self.model.train()
-        for chunk in self._micro_batches(unit_ids):
+        for chunk, groups in self._micro_batches(unit_ids):
             batch = {k: v.to(self.device) for k, v in self.collate(chunk).items()}
             b, t = batch["input_ids"].shape
             with self.engine.microbatch(b, t), autocast_for(self.device, self.precision):
                 logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 losses = per_example_lm_loss(logits, batch["labels"])
             del logits
-            self.engine.backward(losses)
+            self.engine.backward(losses, groups=groups)
             loss_sum += float(losses.detach().sum())
             n += b
         return StepReport(step, self.plan.steps, n, loss_sum / n if n else None, time.perf_counter() - t0)
