@@ -22,6 +22,20 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+def split_comma_list(value: Any) -> Any:
+    """`"a, b"` → `["a", "b"]`: list options are comma-separated on the command line."""
+    if isinstance(value, str):
+        return [c.strip() for c in value.split(",") if c.strip()]
+    return value
+
+
+def check_text_and_labels(text_column: str, label_columns: list[str]) -> None:
+    if text_column in label_columns:
+        raise ValueError(f"the text column '{text_column}' cannot also be a label column")
+    if len(set(label_columns)) != len(label_columns):
+        raise ValueError("a label column is listed twice")
+
+
 class RunConfig(BaseModel):
     """Everything `dpsynth run` needs. Field docs double as `--help` texts."""
 
@@ -82,12 +96,7 @@ class RunConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train and sample.")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast on GPU by default.")
 
-    @field_validator("label_columns", mode="before")
-    @classmethod
-    def _split_labels(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            return [c.strip() for c in v.split(",") if c.strip()]
-        return v
+    _split_labels = field_validator("label_columns", mode="before")(lambda v: split_comma_list(v))
 
     @field_validator("epsilon", mode="before")
     @classmethod
@@ -98,10 +107,7 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
-        if self.text_column in self.label_columns:
-            raise ValueError(f"the text column '{self.text_column}' cannot also be a label column")
-        if len(set(self.label_columns)) != len(self.label_columns):
-            raise ValueError("a label column is listed twice")
+        check_text_and_labels(self.text_column, self.label_columns)
         if self.user_column and (self.user_column == self.text_column or self.user_column in self.label_columns):
             raise ValueError("the user column must differ from the text and label columns")
         if self.resume and self.overwrite:

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dpsynth.config import check_text_and_labels, describe_validation_error, split_comma_list
 from dpsynth.errors import DpsynthError
 from dpsynth.evaluate.tables import TextTable, load_text_table
 
@@ -71,19 +72,11 @@ class EvaluateConfig(BaseModel):
     seed: int = Field(0, description="Seed for subsampling, classifiers, k-means (MAUVE) and examples.")
     show_progress: bool = Field(True, description="Show progress bars.")
 
-    @field_validator("label_columns", mode="before")
-    @classmethod
-    def _split_labels(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            return [c.strip() for c in v.split(",") if c.strip()]
-        return v
+    _split_labels = field_validator("label_columns", mode="before")(lambda v: split_comma_list(v))
 
     @model_validator(mode="after")
     def _consistent(self) -> EvaluateConfig:
-        if self.text_column in self.label_columns:
-            raise ValueError(f"the text column '{self.text_column}' cannot also be a label column")
-        if len(set(self.label_columns)) != len(self.label_columns):
-            raise ValueError("a label column is listed twice")
+        check_text_and_labels(self.text_column, self.label_columns)
         if self.synthetic is None and self.run is None:
             raise ValueError("pass --synthetic, or --run RUN_DIR holding synthetic.csv")
         return self
@@ -97,11 +90,7 @@ def make_config(**values: Any) -> EvaluateConfig:
     try:
         return EvaluateConfig(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = "--" + str(err["loc"][0]).replace("_", "-") if err.get("loc") else "the configuration"
-        msg = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
-        raise DpsynthError(f"{loc} is required" if err.get("type") == "missing" else
-                           msg if err.get("type") == "value_error" else f"{loc}: {msg}") from None
+        raise DpsynthError(describe_validation_error(exc)) from None
 
 
 @dataclass
