@@ -7,6 +7,7 @@ columns, the model, the privacy budget) is checked before the output folder is t
 from __future__ import annotations
 
 import math
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -76,6 +77,10 @@ def run(config: RunConfig, *, console: Any = None) -> RunResult:
         train_stage,
     )
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # The engine and trainer are data-parallel ready (train/distributed.py); the pipeline's single-writer
+        # outputs and sharded sampling are not wired yet, and N processes each writing the run would be wrong.
+        raise DpsynthError("multi-process runs (torchrun) are not supported by `dpsynth run` yet; run one process")
     console = console or Console(stderr=True)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
