@@ -80,6 +80,7 @@ class AuditConfig(BaseModel):
                                                                  "membership-inference non-members.")
     mia_max_records: int = Field(1000, ge=1, description="At most this many held-out records (and as many "
                                                          "training records) for membership inference.")
+    show_progress: bool = Field(True, description="Show progress bars while ranking canaries.")
     score_batch_size: int | None = Field(None, ge=1, description="Sequences per forward pass when scoring. "
                                                                  "Default: 512 on a GPU, 64 on CPU.")
 
@@ -197,8 +198,11 @@ def continuation_nll(model: Any, context_ids: Sequence[int], continuations: Sequ
     try:
         with torch.no_grad():
             ctx = torch.tensor([list(context_ids)], dtype=torch.long, device=device)
+            cache_kw = _cache_keyword(model)
             first = model(input_ids=ctx, use_cache=True)
-            past = first.past_key_values
+            past = getattr(first, "cache", None)
+            if past is None:
+                past = getattr(first, "past_key_values", None)
             first_logp = torch.log_softmax(first.logits[0, -1].float(), dim=-1)
             for b in range(0, len(continuations), batch_size):
                 chunk = continuations[b:b + batch_size]
@@ -214,8 +218,8 @@ def continuation_nll(model: Any, context_ids: Sequence[int], continuations: Sequ
                     cache.batch_repeat_interleave(len(chunk))
                     attention = torch.cat([torch.ones((len(chunk), ctx.shape[1]), dtype=torch.long, device=device),
                                            mask], dim=1)
-                    logits = model(input_ids=ids, attention_mask=attention, past_key_values=cache,
-                                   use_cache=True).logits.float()
+                    logits = model(input_ids=ids, attention_mask=attention, use_cache=True,
+                                   **{cache_kw: cache}).logits.float()
                 else:  # a model without a cache: run context + continuation in full
                     full = torch.cat([ctx.expand(len(chunk), -1), ids], dim=1)
                     attention = torch.cat([torch.ones_like(ctx).expand(len(chunk), -1), mask], dim=1)
@@ -227,6 +231,14 @@ def continuation_nll(model: Any, context_ids: Sequence[int], continuations: Sequ
     finally:
         model.train(was_training)
     return out
+
+
+def _cache_keyword(model: Any) -> str:
+    """`cache` since transformers 5.x (`past_key_values` is deprecated there), `past_key_values` before."""
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 def training_format_ids(tokenizer: Any, control_prefix: str, texts: Sequence[str]) -> list[list[int]]:
@@ -455,6 +467,7 @@ def run_audit(cfg: AuditConfig, console: Any = None) -> AuditResult:
     from dpsynth.data.split import split_train_test
     from dpsynth.evaluate import canaries as cn
     from dpsynth.evaluate.leakage import loss_mia_auc
+    from dpsynth.evaluate.progress import StepProgress
     from dpsynth.pipeline import resolve_device
     from dpsynth.pipeline import run as run_pipeline
 
@@ -529,16 +542,18 @@ def run_audit(cfg: AuditConfig, console: Any = None) -> AuditResult:
         syn_texts = synthetic[cfg.text_column].fillna("").astype(str).tolist() \
             if cfg.text_column in synthetic.columns else []
         rows = []
-        for c in cans:
-            ctrl, labels = prefixes[c.canary_id]
-            rank, length = rank_in_training_format(loaded.model, loaded.tokenizer, ctrl, c.prefix, c.secret,
-                                                   candidates[c.canary_id], batch_size=score_batch)
-            if length > cfg.max_tokens and i == 1:
-                warnings.append(f"Canary {c.canary_id} takes {length} tokens with its control codes, more than "
-                                f"--max-tokens {cfg.max_tokens}: its end was cut in training.")
-            rows.append({"canary_id": c.canary_id, "format": c.format, "repetitions": c.repetitions,
-                         "rank": rank, "exposure_bits": cn.exposure(rank, num_candidates + 1),
-                         "verbatim_count": cn.verbatim_count(c, syn_texts)})
+        with StepProgress(cfg.show_progress, len(cans), f"ranking canaries (ε = {label})") as advance:
+            for c in cans:
+                ctrl, _ = prefixes[c.canary_id]
+                rank, length = rank_in_training_format(loaded.model, loaded.tokenizer, ctrl, c.prefix, c.secret,
+                                                       candidates[c.canary_id], batch_size=score_batch)
+                if length > cfg.max_tokens and i == 1:
+                    warnings.append(f"Canary {c.canary_id} takes {length} tokens with its control codes, more than "
+                                    f"--max-tokens {cfg.max_tokens}: its end was cut in training.")
+                rows.append({"canary_id": c.canary_id, "format": c.format, "repetitions": c.repetitions,
+                             "rank": rank, "exposure_bits": cn.exposure(rank, num_candidates + 1),
+                             "verbatim_count": cn.verbatim_count(c, syn_texts)})
+                advance(1)
         t_rank = time.perf_counter() - t
         t = time.perf_counter()
         model, tok = loaded.model, loaded.tokenizer
