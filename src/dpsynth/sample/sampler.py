@@ -120,8 +120,10 @@ def _progress_bar(total: int, completed: int) -> Any:
         def render(self, task: Any) -> Text:
             return Text(f"{task.speed:.1f} rec/s" if task.speed else "– rec/s")
 
+    console = Console(stderr=True)
+    # Redrawn bars only make sense on a terminal; in a log file they would repeat hundreds of times.
     bar = Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeElapsedColumn(),
-                   TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True))
+                   TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not console.is_terminal)
     task = bar.add_task("sampling", total=total, completed=completed)
     return bar, task
 
