@@ -47,3 +47,10 @@ def test_evaluate_missing_column_is_one_line(tmp_path: Path) -> None:
     code, out = _invoke("evaluate", "--real", str(real), "--synthetic", str(real), "--label-columns", "lable",
                         "--no-embeddings", "--out", str(tmp_path / "e"))
     assert code == 2 and out.startswith("error:") and len(out.strip().splitlines()) == 1, out
+
+
+def test_audit_help_and_bad_input() -> None:
+    code, out = _invoke("audit", "--help")
+    assert code == 0 and "--epsilons" in out and "canar" in out
+    code, out = _invoke("audit", "--out", "x")
+    assert code == 2 and out.startswith("error:") and "--data" in out
