@@ -120,6 +120,8 @@ def plan_privacy(config: RunConfig, prepared: PreparedData) -> BudgetPlanOut:
     notes = [
         "The number of records N is treated as public (it sets the sampling rate and δ).",
         f"The training length ({config.max_tokens} tokens) is a fixed public setting, not chosen from the data.",
+        *(["The set of values of each label column (the control codes) is read from the data and treated as "
+           "public; the label proportions are protected."] if config.label_columns else []),
         "No checkpoint or hyper-parameter is selected using the private data.",
     ]
     if prepared.units is not None:
