@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import secrets
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,7 +206,6 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
                                       device=device, precision=precision, seed=config.seed, after_step=bar.update)
         return {"steps": result.steps_done, "seconds": result.seconds, "learning_rate": lr, "private": False}
 
-
     plan = budget.plan
     # With --secure-rng the batches are secret too: the subsampling amplification assumes nobody can replay them.
     sampler = PoissonSampler(prepared.num_units, budget.sample_rate, seed=config.seed, secure=config.secure_rng)
@@ -250,7 +250,7 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
     return {"steps": counted[0], "steps_this_session": result.steps_done, "resumed_from_step": start_step,
             "seconds": result.seconds, "examples_seen": result.examples_seen, "learning_rate": lr,
             "private": True, "noise_multiplier": plan.dpsgd.noise_multiplier, "noise": noise.describe(),
-            "layer_methods": _summarise_methods(result.layer_methods)}
+            "layer_methods": dict(Counter(result.layer_methods.values()))}
 
 
 def _restore_for_resume(ckpt_dir: Path, spent: int, model: Any, optimizer: Any, sampler: Any,
@@ -262,13 +262,6 @@ def _restore_for_resume(ckpt_dir: Path, spent: int, model: Any, optimizer: Any, 
         restore_checkpoint(ckpt, model=model, optimizer=optimizer, sampler=sampler, noise=noise)
         step = ckpt.step
     return step, max(step, spent)
-
-
-def _summarise_methods(methods: dict[str, str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for m in methods.values():
-        counts[m] = counts.get(m, 0) + 1
-    return counts
 
 
 def save_model(config: RunConfig, prepared: PreparedData, target: Path) -> Path:
