@@ -188,19 +188,10 @@ def audit_cmd(**flags: Any) -> None:
     --out receives a copy of your data with canaries (private: keep it where the data lives).
     """
     from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
 
-    from dpsynth.evaluate.audit import make_audit_config, run_audit
+    from dpsynth.evaluate.audit import make_audit_config, print_audit_summary, run_audit
 
-    console = Console()
-    result = run_audit(make_audit_config(**flags), console=Console(stderr=True))
-    table = Table(title="dpsynth audit")
-    for col in ("what", "result", "reading"):
-        table.add_column(col)
-    for row in result.summary_rows():
-        table.add_row(*(escape(str(cell)) for cell in row))
-    console.print(table)
+    print_audit_summary(run_audit(make_audit_config(**flags), console=Console(stderr=True)))
 
 
 @main.command("sample", epilog="""\b
