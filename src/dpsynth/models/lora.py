@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,9 @@ def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16, dropout: float =
                            "describe; choose target modules of one kind")
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                         fan_in_fan_out=fan_in_fan_out, bias="none", task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft calls a transformers API that warns it is deprecated: not the user's concern
+        warnings.simplefilter("ignore", FutureWarning)
+        peft_model = get_peft_model(model, config)
     # peft freezes the base weights already; make the contract explicit and checkable.
     for name, param in peft_model.named_parameters():
         param.requires_grad = "lora_" in name
