@@ -135,6 +135,10 @@ def plan_privacy(config: RunConfig, prepared: PreparedData) -> BudgetPlanOut:
     wants_dp_labels = bool(config.label_columns) and config.label_distribution == "dp"
     plan = plan_budget(config.epsilon, delta, num_units=n, sample_rate=q, steps=steps,
                        label_fraction=config.label_budget_fraction if wants_dp_labels else None)
+    if not config.secure_rng:
+        notes.append("Noise and batches come from a PRNG seeded with --seed (recorded in run.json) so the run is "
+                     "reproducible; whoever knows the seed can regenerate the noise, so keep run.json private or "
+                     "train with --secure-rng before publishing the model.")
     ledger = PrivacyLedger(delta=delta, unit=prepared.unit_name, num_units=n, clip_norm=config.clip_norm,
                            epsilon_target=config.epsilon,
                            records_per_user_cap=config.max_records_per_user if prepared.units else None,
