@@ -37,7 +37,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dpsynth.errors import DpsynthError
-from dpsynth.evaluate.canaries import FORMATS, REPETITIONS
+from dpsynth.evaluate.canaries import FORMATS, REPETITIONS, _common_prefix
 
 AUDIT_FILE = "audit.json"
 DATA_DIR = "data"
@@ -271,13 +271,6 @@ def rank_in_training_format(model: Any, tokenizer: Any, control_prefix: str, tex
     return 1.0 + lower + ties / 2.0, len(seqs[0])
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def record_losses(model: Any, tokenizer: Any, prefixes: Sequence[str], texts: Sequence[str], *, max_tokens: int,
