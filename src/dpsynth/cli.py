@@ -6,6 +6,7 @@ and `--help` can never disagree. A `DpsynthError` becomes one line on stderr and
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 import typing
@@ -135,7 +136,8 @@ def run_cmd(config_file: Path | None, **flags: Any) -> None:
 
     config = config_from_sources(config_file, flags)
     result = run(config)
-    print_run_summary(result)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary (rank 0 wrote the outputs)
+        print_run_summary(result)
 
 
 @main.command("evaluate", epilog="""\b

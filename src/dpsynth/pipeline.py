@@ -7,7 +7,6 @@ columns, the model, the privacy budget) is checked before the output folder is t
 from __future__ import annotations
 
 import math
-import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -76,39 +75,48 @@ def run(config: RunConfig, *, console: Any = None) -> RunResult:
         save_model,
         train_stage,
     )
+    from dpsynth.train.distributed import init_distributed
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # The engine and trainer are data-parallel ready (train/distributed.py); the pipeline's single-writer
-        # outputs and sharded sampling are not wired yet, and N processes each writing the run would be wrong.
-        raise DpsynthError("multi-process runs (torchrun) are not supported by `dpsynth run` yet; run one process")
+    ctx = init_distributed()  # one process unless launched by torchrun
+    if ctx.enabled and not config.private:
+        raise DpsynthError("multi-process runs train with DP; run --epsilon inf in a single process")
     console = console or Console(stderr=True)
+    if not ctx.is_main:
+        console = Console(stderr=True, quiet=True)  # one progress display per run, not one per rank
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     outputs.check_output_folder(config.out, overwrite=config.overwrite, resume=config.resume)
     device = resolve_device(config.device)
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
     precision = resolve_precision(config.precision, device)
 
     t = time.perf_counter()
     prepared = load_and_encode(config, device=device, console=console)
     timings["load_and_encode_s"] = time.perf_counter() - t
     budget = plan_privacy(config, prepared)  # refuses an unreachable (ε, δ) before anything is written
+    ctx.barrier()  # every rank has checked the folder and read any prior ledger before rank 0 writes
 
-    outputs.prepare_output_folder(config.out, overwrite=config.overwrite, resume=config.resume)
     ledger = budget.ledger
-    ledger.write(config.out / outputs.PRIVACY)
+    if ctx.is_main:
+        outputs.prepare_output_folder(config.out, overwrite=config.overwrite, resume=config.resume)
+        ledger.write(config.out / outputs.PRIVACY)
 
     t = time.perf_counter()
-    train_info = train_stage(config, prepared, budget, device=device, precision=precision, console=console)
+    train_info = train_stage(config, prepared, budget, device=device, precision=precision, console=console,
+                             dist_ctx=ctx)
     timings["train_s"] = time.perf_counter() - t
 
-    model_path = save_model(config, prepared, config.out / outputs.MODEL)
-
+    model_path = config.out / outputs.MODEL
     t = time.perf_counter()
-    labels = build_label_distribution(config, prepared, budget)
-    ledger.write(config.out / outputs.PRIVACY)
-    if labels is not None:  # saved so that `dpsynth sample` reuses it instead of paying for a new histogram
-        outputs.write_json_atomic(config.out / outputs.LABELS, labels.to_dict())
-    sample_info = sample_stage(config, prepared, labels, device=device, console=console)
+    labels = build_label_distribution(config, prepared, budget)  # seeded: the same on every rank
+    sample_info: dict[str, Any] = {}
+    if ctx.is_main:  # only rank 0 writes outputs (sharded sampling across ranks is not wired yet)
+        save_model(config, prepared, model_path)
+        ledger.write(config.out / outputs.PRIVACY)
+        if labels is not None:  # saved so that `dpsynth sample` reuses it instead of paying for a new histogram
+            outputs.write_json_atomic(config.out / outputs.LABELS, labels.to_dict())
+        sample_info = sample_stage(config, prepared, labels, device=device, console=console)
     timings["sample_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_all
 
@@ -116,7 +124,7 @@ def run(config: RunConfig, *, console: Any = None) -> RunResult:
         "dpsynth_version": __version__,
         "config": config.model_dump(mode="json"),
         "versions": versions(),
-        "device": str(device), "precision": precision,
+        "device": str(device), "precision": precision, "world_size": ctx.world_size,
         "model": prepared.model_info,
         "data": prepared.data_report,
         "privacy": {"epsilon": ledger.epsilon if config.private else None, "delta": ledger.delta,
@@ -127,8 +135,10 @@ def run(config: RunConfig, *, console: Any = None) -> RunResult:
                                                            "noise_multiplier": labels.noise_multiplier},
         "timings": timings,
     }
-    outputs.write_json_atomic(config.out / outputs.RUN, run_record)
-    outputs.remove_checkpoint(config.out)
+    if ctx.is_main:
+        outputs.write_json_atomic(config.out / outputs.RUN, run_record)
+        outputs.remove_checkpoint(config.out)
+    ctx.barrier()
     return RunResult(
         out=config.out, synthetic_path=config.out / outputs.SYNTHETIC, privacy_path=config.out / outputs.PRIVACY,
         model_path=model_path, run_path=config.out / outputs.RUN,

@@ -174,14 +174,15 @@ def _carry_over_spending(path: Path, ledger: Any) -> None:
 
 
 def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut, *, device: torch.device,
-                precision: str, console: Any) -> dict[str, Any]:
-    """Fine-tune (LoRA or full) with DP-SGD, or without DP for ε = ∞."""
+                precision: str, console: Any, dist_ctx: Any = None) -> dict[str, Any]:
+    """Fine-tune (LoRA or full) with DP-SGD, or without DP for ε = ∞. Under torchrun only rank 0 writes."""
     from dpsynth.data.encode import collate
     from dpsynth.models.lora import apply_lora
     from dpsynth.privacy.accounting import EpsilonTracker
     from dpsynth.privacy.noise import NoiseSource
     from dpsynth.privacy.sampling import PoissonSampler
     from dpsynth.train.checkpoint import resume_plan, save_checkpoint, trainable_names
+    from dpsynth.train.distributed import DistContext
     from dpsynth.train.dp_trainer import DPTrainer, DPTrainingPlan, StepReport, make_optimizer, train_nonprivate
     from dpsynth.train.progress import TrainingProgress
 
@@ -220,8 +221,10 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
                              learning_rate=lr, weight_decay=config.weight_decay,
                              physical_batch_size=max(config.physical_batch_size,
                                                      config.max_records_per_user if prepared.units else 1))
+    ctx = dist_ctx or DistContext()
     trainer = DPTrainer(model, dp_plan, sampler=sampler, collate=collate_ids, lengths=lengths, noise=noise,
-                        optimizer=optimizer, device=device, precision=precision, units=prepared.units)
+                        optimizer=optimizer, device=device, precision=precision, units=prepared.units,
+                        dist_ctx=ctx)
     others = [plan.label_histogram] if plan.label_histogram is not None else []
     tracker = EpsilonTracker(others, plan.dpsgd.noise_multiplier, budget.sample_rate, budget.delta)
     ledger = budget.ledger
@@ -232,7 +235,8 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
     if config.resume:
         start_step, spent = _restore_for_resume(ckpt_dir, ledger.dpsgd_steps, model, optimizer, sampler, noise)
         ledger.set_dpsgd_steps(spent)
-        ledger.write(out_dir / outputs.PRIVACY)
+        if ctx.is_main:
+            ledger.write(out_dir / outputs.PRIVACY)
     remaining = resume_plan(budget.steps, start_step, spent).remaining_steps
     counted = [spent]
 
@@ -240,13 +244,14 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
         counted[0] += 1
         ledger.set_dpsgd_steps(counted[0])
         # interim: a 10× coarser (still upper-bounding) PLD grid, fast enough for every step; the final write is exact
-        ledger.write(out_dir / outputs.PRIVACY, interim=True)
+        if ctx.is_main:
+            ledger.write(out_dir / outputs.PRIVACY, interim=True)
 
     with TrainingProgress(budget.steps, tracker.epsilon, start_step=spent, console=console) as bar:
 
         def after(report: StepReport) -> None:
             bar.update(dataclasses.replace(report, step=counted[0]))
-            if report.step % config.checkpoint_every == 0 or counted[0] == budget.steps:
+            if ctx.is_main and (report.step % config.checkpoint_every == 0 or counted[0] == budget.steps):
                 save_checkpoint(ckpt_dir, step=report.step, model=model, names=names, optimizer=optimizer,
                                 sampler=sampler, noise=noise)
 

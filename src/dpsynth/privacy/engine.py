@@ -205,12 +205,15 @@ class ClippingEngine:
         return s if s is not None else torch.zeros(param.shape, dtype=torch.float32, device=param.device)
 
     def noisy_average(self, noise: NoiseSource | None, noise_multiplier: float, expected_batch_size: float,
-                      *, all_reduce: Callable[[list[torch.Tensor]], None] | None = None) -> None:
+                      *, all_reduce: Callable[[list[torch.Tensor]], None] | None = None,
+                      broadcast: Callable[[list[torch.Tensor]], None] | None = None,
+                      adds_noise: bool = True) -> None:
         """Set `p.grad = (Σ clip(g_i) + N(0, σ²C²)) / (q·N)` for every trainable parameter, once per logical step.
 
-        With data parallelism, `all_reduce` sums the clipped sums across ranks in place *before* the noise; every
-        rank then adds the same draw (the noise source is seeded identically on all ranks), so the noise enters
-        exactly once, not once per rank. `noise=None` is only for tests that check the clipped sum itself.
+        With data parallelism, `all_reduce` sums the clipped sums across ranks in place *before* the noise; only
+        the rank with `adds_noise` (rank 0) adds a draw, and `broadcast` then copies its result to every rank — so
+        the noise enters exactly once, not once per rank, and any noise source (secure too) works.
+        `noise=None` is only for tests that check the clipped sum itself.
         """
         if not expected_batch_size > 0:
             raise ValueError("expected_batch_size must be positive")
@@ -223,9 +226,12 @@ class ClippingEngine:
             totals.append(total)
         if all_reduce is not None:
             all_reduce(totals)
-        for p, total in zip(self.params, totals, strict=True):
-            if noise is not None and std > 0:
+        if adds_noise and noise is not None and std > 0:
+            for total in totals:
                 total.add_(noise.normal_like(total, std))
+        if broadcast is not None:
+            broadcast(totals)
+        for p, total in zip(self.params, totals, strict=True):
             p.grad = total.div_(expected_batch_size).to(p.dtype)
         self.summed.clear()
         self.units_in_step = 0

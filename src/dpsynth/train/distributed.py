@@ -4,9 +4,9 @@
   global batch; each rank takes a disjoint shard of it. That is exactly one Poisson sample per step, as the
   accountant assumes — not one per rank.
 - Clipping is per example on the rank that holds the example (clipping is local to an example anyway).
-- The clipped sums are all-reduced (SUM) before the noise; each rank then adds the *same* noise draw (noise
-  sources are seeded identically; with --secure-rng rank 0 draws a fresh seed each step and broadcasts it), so
-  the noise enters exactly once and parameters stay identical on every rank.
+- The clipped sums are all-reduced (SUM) before the noise; rank 0 alone adds the noise draw and broadcasts the
+  noisy sum, so the noise enters exactly once (any noise source, --secure-rng included) and parameters stay
+  identical on every rank.
 - Only rank 0 writes the ledger, checkpoints and outputs.
 """
 
@@ -44,6 +44,18 @@ class DistContext:
             return
         flat = torch.cat([t.reshape(-1) for t in tensors])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
+        for t in tensors:
+            n = t.numel()
+            t.copy_(flat[offset : offset + n].view_as(t))
+            offset += n
+
+    def broadcast_from_main(self, tensors: list[torch.Tensor]) -> None:
+        """Rank 0's tensors on every rank (the noisy update: drawn once, on rank 0)."""
+        if not self.enabled or not tensors:
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.broadcast(flat, src=0)
         offset = 0
         for t in tensors:
             n = t.numel()

@@ -152,7 +152,9 @@ class DPTrainer:
 
     def apply_update(self) -> None:
         self.engine.noisy_average(self.noise, self.plan.noise_multiplier, self.plan.expected_batch_size,
-                                  all_reduce=self.dist.all_reduce_sum if self.dist.enabled else None)
+                                  all_reduce=self.dist.all_reduce_sum if self.dist.enabled else None,
+                                  broadcast=self.dist.broadcast_from_main if self.dist.enabled else None,
+                                  adds_noise=self.dist.is_main)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
