@@ -12,8 +12,8 @@ other draw or any stored state: there is nothing to leak or to checkpoint. The n
 torch's fast generators (Mersenne Twister on CPU, Philox on CUDA) and floating-point arithmetic; we do not claim
 bit-level protection against floating-point side channels in sampling (cf. Mironov 2012).
 
-With data parallelism every rank must add the *same* draw: use seeded mode with one seed on all ranks (secure
-seeding would need its seeds broadcast from rank 0).
+With data parallelism the trainer draws on rank 0 only and broadcasts the noisy sum (train/distributed.py), so
+either mode works there.
 """
 
 from __future__ import annotations
