@@ -11,13 +11,12 @@ Layout of `--out DIR`:
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from dpsynth import atomic
 from dpsynth.errors import DpsynthError
 
 SYNTHETIC = "synthetic.csv"
@@ -57,18 +56,8 @@ def prepare_output_folder(out: Path, *, overwrite: bool, resume: bool) -> None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON via a temporary file and os.replace, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Run-folder JSON (run.json, label_distribution.json, …): atomic, non-JSON values written as strings."""
+    atomic.write_json_atomic(path, data, default=str)
 
 
 def replace_dir_atomic(staging: Path, target: Path) -> None:

@@ -25,12 +25,12 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from dpsynth.atomic import write_json_atomic
 from dpsynth.errors import DpsynthError
 from dpsynth.privacy.accounting import (
     SEARCH_COARSENING,
@@ -191,21 +191,7 @@ class PrivacyLedger:
 
     def write(self, path: str | os.PathLike[str], *, interim: bool = False) -> Path:
         """Write the ledger as JSON atomically (temporary file in the same folder, fsync, os.replace)."""
-        path = Path(path)
-        data = self.to_dict(interim=interim)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, indent=2, ensure_ascii=False, allow_nan=False)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_json_atomic(path, self.to_dict(interim=interim), allow_nan=False)
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> PrivacyLedger:
