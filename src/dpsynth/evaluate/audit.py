@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dpsynth.errors import DpsynthError
 from dpsynth.evaluate.canaries import FORMATS, REPETITIONS, _common_prefix
+from dpsynth.train.loss import IGNORE_INDEX, per_example_lm_loss
 
 AUDIT_FILE = "audit.json"
 DATA_DIR = "data"
@@ -296,13 +297,10 @@ def record_losses(model: Any, tokenizer: Any, prefixes: Sequence[str], texts: Se
                 idx = order[start:start + batch_size]
                 batch = collate([records[int(i)] for i in idx], pad_id=int(pad))
                 logits = model(input_ids=batch["input_ids"].to(device),
-                               attention_mask=batch["attention_mask"].to(device)).logits[:, :-1].float()
-                labels = batch["labels"][:, 1:].to(device)
-                valid = labels != -100
-                nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0),
-                                                        reduction="none")
-                count = valid.sum(1)
-                loss = (nll * valid).sum(1) / count.clamp(min=1)
+                               attention_mask=batch["attention_mask"].to(device)).logits
+                labels = batch["labels"].to(device)
+                loss = per_example_lm_loss(logits, labels)  # exactly the loss training minimised
+                count = (labels[:, 1:] != IGNORE_INDEX).sum(1)
                 out[idx] = torch.where(count > 0, loss, torch.full_like(loss, float("nan"))).cpu().numpy()
     finally:
         model.train(was_training)
