@@ -64,6 +64,9 @@ class UtilityBenchConfig:
     epsilons: tuple[float, ...] = (math.inf, 4.0)
     epochs: float | None = None  # None: the pipeline's defaults (4 with DP, 2 without)
     finetune: str = "lora"
+    lora_rank: int | None = None  # None: the pipeline's default
+    lora_targets: str | None = None  # comma-separated projection names; None: the pipeline's default
+    loss_on_prefix: bool | None = None  # None: the pipeline's default
     model: str | None = None  # None: bundled SmolLM2-135M-Instruct
     device: str = "auto"
     max_tokens: int = 64
@@ -142,7 +145,11 @@ def run_pipeline(cfg: UtilityBenchConfig, eps: float, train_csv: Path, model: st
     run_dir = cfg.runs_dir / f"eps_{epsilon_tag(eps)}"
     config = dpsynth.RunConfig(
         data=train_csv, text_column=TEXT_COLUMN, label_columns=list(LABEL_COLUMNS), out=run_dir, overwrite=True,
-        model=model, finetune=cfg.finetune, epsilon=eps, epochs=cfg.epochs, batch_size=cfg.batch_size,
+        model=model, finetune=cfg.finetune, epsilon=eps,
+        **({"lora_rank": cfg.lora_rank} if cfg.lora_rank else {}),
+        **({"lora_targets": cfg.lora_targets} if cfg.lora_targets else {}),
+        **({"loss_on_prefix": cfg.loss_on_prefix} if cfg.loss_on_prefix is not None else {}),
+        epochs=cfg.epochs, batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate, physical_batch_size=cfg.physical_batch_size, max_tokens=cfg.max_tokens,
         max_new_tokens=cfg.max_new_tokens, num_samples=cfg.num_samples or cfg.train_records,
         sample_batch_size=cfg.sample_batch_size, seed=cfg.seed, device=cfg.device)
@@ -402,6 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=float, help="training epochs (default: the pipeline's, 4 with DP / 2 without)")
     p.add_argument("--epsilon", type=parse_epsilons, help="comma-separated ε list (default inf,4)")
     p.add_argument("--finetune", choices=("lora", "full"))
+    p.add_argument("--lora-rank", type=int, help="LoRA rank (default: the pipeline's)")
+    p.add_argument("--lora-targets", help="comma-separated LoRA projection names (default: the pipeline's)")
+    p.add_argument("--loss-on-prefix", action=argparse.BooleanOptionalAction,
+                   help="train on the control-code tokens too (default: the pipeline's)")
     p.add_argument("--model", help="local model folder (default: bundled SmolLM2-135M)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--max-tokens", type=int, help="training length in tokens (default 64)")

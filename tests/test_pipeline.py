@@ -68,13 +68,19 @@ def test_dp_run_writes_everything_and_an_honest_ledger(reviews: Path, tiny_model
     run_record = json.loads((out / "run.json").read_text())
     assert run_record["config"]["epsilon"] == 4.0 and run_record["training"]["steps"] == 5
     assert "loss" not in json.dumps(run_record["training"]), "private training loss must not be written"
+    assert run_record["training"]["lora_targets"] == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    assert run_record["label_distribution"]["source"] == "dp-histogram"
 
 
 def test_non_private_run_says_so(reviews: Path, tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "nodp"
-    result = run(_config(reviews, tiny_model, out, epsilon="inf"))
+    result = run(_config(reviews, tiny_model, out, epsilon="inf", lora_targets="q_proj, v_proj"))
     ledger = json.loads((out / "privacy.json").read_text())
     assert ledger["epsilon"] is None and ledger["non_private"] is True
+    run_record = json.loads((out / "run.json").read_text())
+    assert run_record["training"]["lora_targets"] == ["q_proj", "v_proj"]  # --lora-targets took effect
+    assert run_record["label_distribution"]["source"] == "exact-histogram"  # not called DP when σ = 0
     assert math.isinf(result.epsilon)
     assert len(pd.read_csv(out / "synthetic.csv")) > 0
 

@@ -62,6 +62,9 @@ class RunConfig(BaseModel):
     finetune: Literal["lora", "full"] = Field("lora", description="Train LoRA adapters or all weights.")
     lora_rank: int = Field(8, ge=1, description="LoRA rank.")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator.")
+    lora_targets: list[str] = Field(
+        default_factory=list,
+        description="Projection names to adapt (e.g. q_proj,v_proj); default every projection in the blocks.")
 
     # --- privacy
     epsilon: float = Field(4.0, gt=0, description="Target ε for the whole run; 'inf' trains without DP.")
@@ -97,6 +100,7 @@ class RunConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast on GPU by default.")
 
     _split_labels = field_validator("label_columns", mode="before")(lambda v: split_comma_list(v))
+    _split_targets = field_validator("lora_targets", mode="before")(lambda v: split_comma_list(v))
 
     @field_validator("epsilon", mode="before")
     @classmethod

@@ -189,8 +189,14 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
     loaded = prepared.loaded
     torch.manual_seed(config.seed)
     if config.finetune == "lora":
-        loaded.model = apply_lora(loaded.model, r=config.lora_rank, alpha=config.lora_alpha)
+        loaded.model = apply_lora(loaded.model, r=config.lora_rank, alpha=config.lora_alpha,
+                                  target_modules=config.lora_targets or None)
     model = loaded.model.to(device)
+    # d, the number of trained weights: the DP noise's norm grows with √d, so it is worth showing with the run.
+    trained = {"trainable_weights": sum(p.numel() for p in model.parameters() if p.requires_grad),
+               "lora_targets": (sorted({n.split(".lora_")[0].rsplit(".", 1)[-1]
+                                        for n, p in model.named_parameters() if p.requires_grad and ".lora_" in n})
+                                if config.finetune == "lora" else None)}
     records = prepared.records
     pad_id = loaded.pad_id
 
@@ -209,7 +215,8 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
                                       epochs=config.resolved_epochs(), batch_size=int(budget.expected_batch_size),
                                       physical_batch_size=config.physical_batch_size, optimizer=optimizer,
                                       device=device, precision=precision, seed=config.seed, after_step=bar.update)
-        return {"steps": result.steps_done, "seconds": result.seconds, "learning_rate": lr, "private": False}
+        return {"steps": result.steps_done, "seconds": result.seconds, "learning_rate": lr, "private": False,
+                **trained}
 
     plan = budget.plan
     # With --secure-rng the batches are secret too: the subsampling amplification assumes nobody can replay them.
@@ -258,7 +265,7 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
         result = trainer.train(start_step=start_step, num_steps=remaining, before_update=spend, after_step=after)
     return {"steps": counted[0], "steps_this_session": result.steps_done, "resumed_from_step": start_step,
             "seconds": result.seconds, "examples_seen": result.examples_seen, "learning_rate": lr,
-            "private": True, "noise_multiplier": plan.dpsgd.noise_multiplier, "noise": noise.describe(),
+            "private": True, "noise_multiplier": plan.dpsgd.noise_multiplier, "noise": noise.describe(), **trained,
             "layer_methods": dict(Counter(result.layer_methods.values()))}
 
 

@@ -59,8 +59,10 @@ def test_dropout_is_passed_through_and_explicit_targets_are_checked() -> None:
     cfg = model.peft_config["default"]
     assert cfg.lora_dropout == 0.1 and set(cfg.target_modules) == {"q_proj", "v_proj"}
     assert len(trainable_parameters(model)) == 2 * 2 * 2
-    with pytest.raises(DpsynthError, match="none of the LoRA target modules"):
+    with pytest.raises(DpsynthError, match="c_attn do not exist"):
         apply_lora(tiny_llama(258), target_modules=["c_attn"])
+    with pytest.raises(DpsynthError, match="v_prj do not exist.*available projections: q_proj"):
+        apply_lora(tiny_llama(258), target_modules=["q_proj", "v_prj"])  # one typo is not silently dropped
     with pytest.raises(ValueError, match="already has adapters"):
         apply_lora(model)
 

@@ -21,7 +21,7 @@ def test_exact_histogram_is_joint_and_normalised():
     got = {(c["a"], c["b"]): p for c, p in zip(dist.combos, dist.probabilities)}
     # Only 3 observed combos, but the product of the observed value sets has 4 cells (x,2 is empty).
     assert got == pytest.approx({("x", "1"): 0.6, ("x", "2"): 0.0, ("y", "1"): 0.1, ("y", "2"): 0.3})
-    assert dist.source == "dp-histogram" and not dist.categories_declared and not dist.private
+    assert dist.source == "exact-histogram" and not dist.categories_declared and not dist.private
 
 
 def test_noise_std_matches_multiplier_times_sensitivity():

@@ -72,10 +72,12 @@ def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16, dropout: float =
         raise DpsynthError(f"the LoRA rank must be at least 1, not {r}")
     targets = list(target_modules) if target_modules else default_target_modules(model)
     conv1d = _conv1d_type()
+    leaves = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = [t for t in targets if t not in leaves]
+    if missing:  # a typo must not silently train fewer modules than asked for
+        raise DpsynthError(f"the LoRA target module(s) {', '.join(missing)} do not exist in {type(model).__name__}; "
+                           f"available projections: {', '.join(default_target_modules(model))}")
     targeted = [m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in targets]
-    if not targeted:
-        raise DpsynthError(f"none of the LoRA target modules {targets} exist in {type(model).__name__}; "
-                           f"available projections: {default_target_modules(model)}")
     fan_in_fan_out = any(isinstance(m, conv1d) for m in targeted)
     if fan_in_fan_out and not all(isinstance(m, conv1d) for m in targeted):
         raise DpsynthError("the LoRA targets mix Conv1D and Linear layers, which one adapter config cannot "

@@ -21,7 +21,7 @@ import numpy as np
 
 from dpsynth.errors import DpsynthError
 
-Source = Literal["dp-histogram", "public-file", "uniform"]
+Source = Literal["dp-histogram", "exact-histogram", "public-file", "uniform"]
 
 # The Gaussian mechanism adds noise to every cell of the product, so the product must be small enough to hold.
 MAX_CELLS = 5_000_000
@@ -59,7 +59,7 @@ class LabelDistribution:
     @property
     def private(self) -> bool:
         """True when the proportions carry a DP guarantee (noise > 0) or come from a declared-public source."""
-        return self.source != "dp-histogram" or bool(self.noise_multiplier)
+        return self.source not in ("dp-histogram", "exact-histogram") or bool(self.noise_multiplier)
 
     def allocate(self, n: int) -> np.ndarray:
         """How many of `n` samples each combination gets: exact proportional allocation, largest remainder.
@@ -220,7 +220,8 @@ def dp_label_histogram(
     if fell_back:
         clipped = np.ones_like(clipped)
         notes.append("Every noisy count was ≤ 0; sampling labels uniformly over all combinations instead.")
-    return LabelDistribution(cols, combos, clipped, "dp-histogram", noise_multiplier=float(noise_multiplier),
+    source: Source = "dp-histogram" if std > 0 else "exact-histogram"  # σ = 0 (ε = ∞ runs) is no DP: say so
+    return LabelDistribution(cols, combos, clipped, source, noise_multiplier=float(noise_multiplier),
                              sensitivity=float(sensitivity), categories_declared=categories is not None,
                              fell_back_to_uniform=fell_back, notes=notes, noisy_counts=counts)
 
