@@ -110,13 +110,17 @@ def run(config: RunConfig, *, console: Any = None) -> RunResult:
     model_path = config.out / outputs.MODEL
     t = time.perf_counter()
     labels = build_label_distribution(config, prepared, budget)  # seeded: the same on every rank
-    sample_info: dict[str, Any] = {}
-    if ctx.is_main:  # only rank 0 writes outputs (sharded sampling across ranks is not wired yet)
+    if ctx.is_main:  # only rank 0 writes outputs
         save_model(config, prepared, model_path)
         ledger.write(config.out / outputs.PRIVACY)
         if labels is not None:  # saved so that `dpsynth sample` reuses it instead of paying for a new histogram
             outputs.write_json_atomic(config.out / outputs.LABELS, labels.to_dict())
-        sample_info = sample_stage(config, prepared, labels, device=device, console=console)
+    if ctx.enabled:  # sharded sampling equals one process's only if every rank samples from the same weights
+        from dpsynth.sample.sharded import check_same_on_all_ranks, weights_digest
+
+        check_same_on_all_ranks(ctx, weights_digest(prepared.loaded.model), "trained weights")
+    # Every rank samples its share of the chunks; rank 0 merges them into synthetic.csv.
+    sample_info = sample_stage(config, prepared, labels, device=device, console=console, dist_ctx=ctx)
     timings["sample_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_all
 

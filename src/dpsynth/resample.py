@@ -32,11 +32,13 @@ def sample_from_run(run_dir: Path, num: int, out: Path, *, seed: int = 0, label_
                     batch_size: int | None = None, drop_duplicates: bool = False, overwrite: bool = False,
                     device: str = "auto") -> dict[str, Any]:
     """Write `num` synthetic records to `out` (.csv/.jsonl/.parquet); resumes an interrupted file of the same
-    settings, refuses to touch an unrelated existing file unless `overwrite`."""
+    settings, refuses to touch an unrelated existing file unless `overwrite`. Under torchrun the chunks are split
+    across ranks and merged by rank 0 into the same file (every rank returns the same report)."""
     from dpsynth.models.loading import load_model
     from dpsynth.pipeline import resolve_device
     from dpsynth.sample.labels import label_distribution_from_dict, public_label_distribution
     from dpsynth.sample.sampler import DecodingConfig, sample_synthetic
+    from dpsynth.train.distributed import init_distributed
 
     cfg = load_run_config(run_dir)
     label_columns = list(cfg.get("label_columns") or [])
@@ -55,9 +57,10 @@ def sample_from_run(run_dir: Path, num: int, out: Path, *, seed: int = 0, label_
                 combos = json.loads(saved.read_text())["combinations"]
                 categories = {c: sorted({str(r[c]) for r in combos}) for c in label_columns}
             labels = public_label_distribution(label_distribution, label_columns, categories)
-    if out.exists() and overwrite:
-        out.unlink()
+    ctx = init_distributed()  # under torchrun every rank samples a share of the chunks; rank 0 writes `out`
     dev = resolve_device(device)
+    if ctx.enabled and dev.type == "cuda":
+        dev = torch.device("cuda", ctx.local_rank)
     loaded = load_model(run_dir / outputs.MODEL, device=str(dev))
     model = loaded.model.to(dev).eval()
     decoding = DecodingConfig(
@@ -70,6 +73,6 @@ def sample_from_run(run_dir: Path, num: int, out: Path, *, seed: int = 0, label_
     with torch.inference_mode():
         report = sample_synthetic(model, loaded.tokenizer, labels, num, out, label_columns=label_columns,
                                   text_column=text_column, decoding=decoding, seed=seed,
-                                  batch_size=batch_size or "auto", resume=True, progress=True,
-                                  drop_duplicates=drop_duplicates)
+                                  batch_size=batch_size or "auto", resume=not overwrite, progress=True,
+                                  drop_duplicates=drop_duplicates, dist_ctx=ctx)
     return report.to_dict()

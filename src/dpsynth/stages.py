@@ -329,8 +329,12 @@ def build_label_distribution(config: RunConfig, prepared: PreparedData, budget: 
 
 
 def sample_stage(config: RunConfig, prepared: PreparedData, labels: Any, *, device: torch.device,
-                 console: Any) -> dict[str, Any]:
-    """Generate --num-samples records into synthetic.csv (resumable)."""
+                 console: Any, dist_ctx: Any = None) -> dict[str, Any]:
+    """Generate --num-samples records into synthetic.csv (resumable).
+
+    Under torchrun every rank calls this with its `dist_ctx`: the chunks are split across ranks and rank 0 merges
+    them into the file one process would write (`dpsynth.sample.sampler._sample_sharded`).
+    """
     from dpsynth.sample.sampler import DecodingConfig, sample_synthetic
 
     loaded = prepared.loaded
@@ -343,5 +347,5 @@ def sample_stage(config: RunConfig, prepared: PreparedData, labels: Any, *, devi
                               label_columns=list(config.label_columns), text_column=config.text_column,
                               decoding=decoding, seed=config.seed, batch_size=config.sample_batch_size,
                               resume=config.resume, progress=True, drop_duplicates=config.drop_duplicates,
-                              add_bos=False)
+                              add_bos=False, dist_ctx=dist_ctx)
     return report.to_dict()

@@ -106,7 +106,7 @@ def _pipeline_worker(rank: int, world: int, port: int, data: str, model: str, ou
 
 def _pipeline_config(data: str, model: str, out: str) -> dict:
     return dict(data=data, text_column="text", label_columns=["sentiment"], model=model, out=out, epochs=1.0,
-                batch_size=16, physical_batch_size=4, max_tokens=32, num_samples=4, max_new_tokens=4,
+                batch_size=16, physical_batch_size=4, max_tokens=32, num_samples=300, max_new_tokens=4,
                 finetune="full", learning_rate=1e-3)
 
 
@@ -140,3 +140,18 @@ def test_dpsynth_run_under_two_ranks_trains_the_same_model_as_one(tmp_path: Path
     assert moved > 1e-3, "training must have changed the weights for this comparison to mean anything"
     for k in w_one:
         torch.testing.assert_close(w_two[k], w_one[k], rtol=1e-3, atol=1e-5, msg=f"{k} differs across world sizes")
+
+    # Sampling: 300 records are two chunks (256 + 44), one per rank; rank 0 merges them into the file one process
+    # writes from the same weights and seed. (The weights above agree only to float rounding, so the bytes are
+    # compared with one process sampling from the 2-rank run's own saved model.)
+    import pandas as pd
+
+    from dpsynth.resample import sample_from_run
+
+    sample_from_run(two, 300, tmp_path / "one_process.csv", seed=0)
+    assert (two / "synthetic.csv").read_bytes() == (tmp_path / "one_process.csv").read_bytes()
+    synth_one, synth_two = (pd.read_csv(d / "synthetic.csv", dtype=str) for d in (one, two))
+    assert len(synth_two) == len(synth_one) > 250 and synth_two["sentiment"].equals(synth_one["sentiment"])
+    notes = json.loads((two / "run.json").read_text())["sampling"]["notes"]
+    assert any("across 2 process" in n for n in notes)
+    assert not list(two.glob(".*.parts"))

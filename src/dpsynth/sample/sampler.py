@@ -4,6 +4,9 @@ Resumable by construction: the label draws are a deterministic function of (dist
 generated in fixed chunks whose seed depends only on (seed, chunk index), and every chunk is committed to the
 output with its progress record (`SyntheticWriter`). A killed run therefore continues at the first missing
 record, and with the same batch size produces exactly the file an uninterrupted run would have.
+
+Under torchrun (`dist_ctx` with several ranks) the same chunks are split across ranks and merged by rank 0 in
+chunk order; because chunks never depend on the world size, the merged file is the one a single process writes.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,7 +33,17 @@ from dpsynth.sample.generate import (
     release_static_decoder,
 )
 from dpsynth.sample.labels import LabelDistribution
+from dpsynth.sample.sharded import (
+    all_gather,
+    check_same_on_all_ranks,
+    gather_to_main,
+    parts_dir,
+    read_part,
+    share_from_main,
+    write_part,
+)
 from dpsynth.sample.writer import SyntheticWriter, postprocess
+from dpsynth.train.distributed import DistContext
 
 PREFIX_SEPARATOR = " | "
 PREFIX_END = "\n\n"
@@ -128,6 +142,115 @@ def _progress_bar(total: int, completed: int) -> Any:
     return bar, task
 
 
+def _resumable_state(writer: SyntheticWriter, out_path: str | Path, fingerprint: str) -> dict[str, Any]:
+    """The progress state of a resumable output of these settings; refuses a foreign file or other settings."""
+    state = writer.state or {}
+    if writer.rows_written and not state:
+        raise DpsynthError(f"{Path(out_path).name} already holds rows that were not written by a resumable dpsynth "
+                           "sampling run; choose another output path or overwrite it.")
+    if state and state.get("fingerprint") != fingerprint:
+        raise DpsynthError(f"{Path(out_path).name} is from a sampling run with different settings (sample count, "
+                           "seed, decoding or labels); overwrite it or choose another output path.")
+    return state
+
+
+def _plan_prompts(dist: LabelDistribution | None, num_samples: int, seed: int, label_columns: list[str],
+                  tokenizer: Any, prompt_encoder: Callable[[str], list[int]] | None, add_bos: bool,
+                  ) -> tuple[list[dict[str, Any]], list[str], dict[str, list[int]]]:
+    """The seeded label draws, their prompts, and each distinct prompt's token ids (deterministic in the seed)."""
+    labels = dist.draw(num_samples, seed) if dist is not None else [{} for _ in range(num_samples)]
+    prompts = [build_prompt(lab, label_columns) for lab in labels]
+    distinct = sorted(set(prompts))
+    if prompt_encoder is not None:
+        encoded = {p: list(prompt_encoder(p)) for p in distinct}
+    else:
+        encoded = dict(zip(distinct, encode_prompts(tokenizer, distinct, add_bos=add_bos)))
+    return labels, prompts, encoded
+
+
+def _resolve_batch_size(model: Any, batch_size: int | Literal["auto"], num_samples: int,
+                        encoded: Mapping[str, list[int]], decoding: DecodingConfig) -> int:
+    if batch_size == "auto" and encoded:
+        batch_size = auto_batch_size(model, num_samples, max(len(v) for v in encoded.values()),
+                                     decoding.max_new_tokens)
+    return max(1, int(batch_size)) if batch_size != "auto" else 1
+
+
+def _chunk_rows(batch_size: int, chunk_size: int | None) -> int:
+    """Rows per chunk: a function of the batch size only (never of the world size), so chunk boundaries, chunk
+    seeds and hence the records are the same however many processes share the work."""
+    return chunk_size or batch_size * math.ceil(MIN_CHUNK_ROWS / batch_size)
+
+
+@dataclass
+class _Generator:
+    """One chunk's generation call, with everything but the chunk fixed for the run."""
+
+    model: Any
+    tokenizer: Any
+    decoding: DecodingConfig
+    batch_size: int
+    seed: int
+    backend: Backend
+    static_cache: bool | Literal["auto"]
+    eos_token_id: int | Sequence[int] | None
+    stats: GenerationStats
+
+    def __call__(self, chunk: int, ids: list[list[int]], progress: Callable[[int], Any] | None) -> list[str]:
+        d = self.decoding
+        return generate_texts(self.model, self.tokenizer, ids,  # type: ignore[arg-type]
+                              max_new_tokens=d.max_new_tokens, temperature=d.temperature, top_k=d.top_k,
+                              top_p=d.top_p, repetition_penalty=d.repetition_penalty, batch_size=self.batch_size,
+                              seed=_chunk_seed(self.seed, chunk), backend=self.backend, stats=self.stats,
+                              static_cache=self.static_cache, eos_token_id=self.eos_token_id, progress=progress)
+
+
+@dataclass
+class _Committer:
+    """Appends chunks to the output in chunk order, post-processing them as one pass over the run would."""
+
+    writer: SyntheticWriter
+    fingerprint: str
+    labels: list[dict[str, Any]]
+    label_columns: list[str]
+    text_column: str
+    drop_empty: bool
+    drop_duplicates: bool
+    draws_done: int
+    counts: dict[str, int]
+    seen: set[tuple[str, ...]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.drop_duplicates:  # duplicates of rows already in a resumed file count too
+            self.seen = set()
+            postprocess(self.writer.read_rows(), text_column=self.text_column, drop_empty=False,
+                        drop_duplicates=True, seen=self.seen)
+
+    def commit(self, texts: Sequence[str], start: int, stop: int) -> None:
+        skip = self.draws_done - start  # rows of this chunk already on disk (only if the chunk size changed)
+        rows = [{self.text_column: t, **{k: lab[k] for k in self.label_columns}}
+                for t, lab in zip(texts[skip:], self.labels[self.draws_done:stop])]
+        kept, pp = postprocess(rows, text_column=self.text_column, drop_empty=self.drop_empty,
+                               drop_duplicates=self.drop_duplicates, seen=self.seen)
+        self.counts["dropped_empty"] += pp["dropped_empty"]
+        self.counts["dropped_duplicates"] += pp["dropped_duplicates"]
+        self.draws_done = stop
+        self.writer.write(kept, state={"fingerprint": self.fingerprint, "draws_done": stop, **self.counts})
+
+
+def _start_bar(progress: bool, total: int, completed: int) -> tuple[Any, Any]:
+    if not progress or completed >= total:
+        return None, None
+    from rich.errors import LiveError
+
+    bar, task = _progress_bar(total, completed)
+    try:
+        bar.start()
+    except LiveError:  # the caller already shows a live display; sample without a bar of our own
+        return None, None
+    return bar, task
+
+
 def sample_synthetic(
     model: Any,
     tokenizer: Any,
@@ -150,6 +273,7 @@ def sample_synthetic(
     eos_token_id: int | Sequence[int] | None = None,
     backend: Backend = "auto",
     static_cache: bool | Literal["auto"] = "auto",
+    dist_ctx: DistContext | None = None,
 ) -> SampleReport:
     """Generate `num_samples` records into `out_path` (.csv/.jsonl/.parquet): one text column plus the labels.
 
@@ -161,6 +285,10 @@ def sample_synthetic(
     (`encode_prompts`: no special tokens, BOS first if `add_bos`); `prompt_encoder` overrides that if needed.
     `backend`, `static_cache` and `eos_token_id` (default: the tokenizer's; pass the id training appended) go to
     `generate_texts` (static cache + compiled step on CUDA by default).
+
+    With a `dist_ctx` of several ranks (torchrun), every rank must call this with the same arguments and the same
+    weights: the chunks are split across ranks and rank 0 merges them into the same file one process would write
+    (see `_sample_sharded`). Every rank gets the same report.
     """
     decoding = decoding or DecodingConfig()
     label_columns = list(label_columns)
@@ -178,15 +306,17 @@ def sample_synthetic(
 
     columns = [text_column, *label_columns]
     fingerprint = _fingerprint(num_samples, seed, label_columns, text_column, decoding, dist)
+    # Finished chunks left by an interrupted sharded run are reused even by a single process.
+    if (dist_ctx is not None and dist_ctx.enabled) or parts_dir(out_path).is_dir():
+        return _sample_sharded(
+            dist_ctx or DistContext(), model, tokenizer, dist, num_samples, out_path, columns=columns,
+            fingerprint=fingerprint, label_columns=label_columns, text_column=text_column, decoding=decoding,
+            seed=seed, batch_size=batch_size, resume=resume, progress=progress, drop_empty=drop_empty,
+            drop_duplicates=drop_duplicates, chunk_size=chunk_size, prompt_encoder=prompt_encoder, add_bos=add_bos,
+            eos_token_id=eos_token_id, backend=backend, static_cache=static_cache)
+
     writer = SyntheticWriter(out_path, columns, resume=resume)
-    state = writer.state or {}
-    if writer.rows_written and not state:
-        raise DpsynthError(f"{Path(out_path).name} already holds rows that were not written by a resumable dpsynth "
-                           "sampling run; choose another output path or overwrite it.")
-    if state and state.get("fingerprint") != fingerprint:
-        raise DpsynthError(f"{Path(out_path).name} is from a sampling run with different settings (sample count, "
-                           "seed, decoding or labels); overwrite it or choose another output path.")
-    draws_done = int(state.get("draws_done", 0))
+    state = _resumable_state(writer, out_path, fingerprint)
     counts = {"dropped_empty": int(state.get("dropped_empty", 0)),
               "dropped_duplicates": int(state.get("dropped_duplicates", 0))}
     stats = GenerationStats()
@@ -203,53 +333,22 @@ def sample_synthetic(
     if writer.complete:
         return report(True)
 
-    labels = dist.draw(num_samples, seed) if dist is not None else [{} for _ in range(num_samples)]
-    prompts = [build_prompt(lab, label_columns) for lab in labels]
-    distinct = sorted(set(prompts))
-    if prompt_encoder is not None:
-        encoded = {p: list(prompt_encoder(p)) for p in distinct}
-    else:
-        encoded = dict(zip(distinct, encode_prompts(tokenizer, distinct, add_bos=add_bos)))
-    if batch_size == "auto" and distinct:
-        batch_size = auto_batch_size(model, num_samples, max(len(v) for v in encoded.values()),
-                                     decoding.max_new_tokens)
-    batch_size = max(1, int(batch_size)) if batch_size != "auto" else 1
-    chunk = chunk_size or batch_size * math.ceil(MIN_CHUNK_ROWS / batch_size)
+    labels, prompts, encoded = _plan_prompts(dist, num_samples, seed, label_columns, tokenizer, prompt_encoder,
+                                             add_bos)
+    batch = _resolve_batch_size(model, batch_size, num_samples, encoded, decoding)
+    chunk = _chunk_rows(batch, chunk_size)
+    generate = _Generator(model, tokenizer, decoding, batch, seed, backend, static_cache, eos_token_id, stats)
+    committer = _Committer(writer, fingerprint, labels, label_columns, text_column, drop_empty, drop_duplicates,
+                           int(state.get("draws_done", 0)), counts)
 
-    seen: set[tuple[str, ...]] | None = None
-    if drop_duplicates:
-        seen = set()
-        postprocess(writer.read_rows(), text_column=text_column, drop_empty=False, drop_duplicates=True, seen=seen)
-
-    bar = task = None
-    if progress and draws_done < num_samples:
-        from rich.errors import LiveError
-
-        bar, task = _progress_bar(num_samples, draws_done)
-        try:
-            bar.start()
-        except LiveError:  # the caller already shows a live display; sample without a bar of our own
-            bar = task = None
+    bar, task = _start_bar(progress, num_samples, committer.draws_done)
     try:
-        while draws_done < num_samples:
-            c = draws_done // chunk
+        while committer.draws_done < num_samples:
+            c = committer.draws_done // chunk
             start, stop = c * chunk, min(num_samples, (c + 1) * chunk)
-            texts = generate_texts(model, tokenizer, [encoded[p] for p in prompts[start:stop]],  # type: ignore[misc]
-                                   max_new_tokens=decoding.max_new_tokens, temperature=decoding.temperature,
-                                   top_k=decoding.top_k, top_p=decoding.top_p,
-                                   repetition_penalty=decoding.repetition_penalty, batch_size=batch_size,
-                                   seed=_chunk_seed(seed, c), backend=backend, stats=stats,
-                                   static_cache=static_cache, eos_token_id=eos_token_id,
-                                   progress=(lambda n: bar.advance(task, n)) if bar is not None else None)
-            skip = draws_done - start  # rows of this chunk already on disk (only if the chunk size changed)
-            rows = [{text_column: t, **{k: lab[k] for k in label_columns}}
-                    for t, lab in zip(texts[skip:], labels[draws_done:stop])]
-            kept, pp = postprocess(rows, text_column=text_column, drop_empty=drop_empty,
-                                   drop_duplicates=drop_duplicates, seen=seen)
-            counts["dropped_empty"] += pp["dropped_empty"]
-            counts["dropped_duplicates"] += pp["dropped_duplicates"]
-            draws_done = stop
-            writer.write(kept, state={"fingerprint": fingerprint, "draws_done": draws_done, **counts})
+            texts = generate(c, [encoded[p] for p in prompts[start:stop]],
+                             (lambda n: bar.advance(task, n)) if bar is not None else None)
+            committer.commit(texts, start, stop)
         writer.finish()
     finally:
         writer.close()
@@ -257,3 +356,165 @@ def sample_synthetic(
         if bar is not None:
             bar.stop()
     return report(True)
+
+
+def _sample_sharded(
+    ctx: DistContext, model: Any, tokenizer: Any, dist: LabelDistribution | None, num_samples: int,
+    out_path: str | Path, *, columns: list[str], fingerprint: str, label_columns: list[str], text_column: str,
+    decoding: DecodingConfig, seed: int, batch_size: int | Literal["auto"], resume: bool, progress: bool,
+    drop_empty: bool, drop_duplicates: bool, chunk_size: int | None,
+    prompt_encoder: Callable[[str], list[int]] | None, add_bos: bool, eos_token_id: int | Sequence[int] | None,
+    backend: Backend, static_cache: bool | Literal["auto"],
+) -> SampleReport:
+    """Sampling split across the ranks of `ctx`; the merged file is byte-identical to one process's.
+
+    1. Rank 0 alone opens the output (refusing a foreign file or other settings, like one process) and tells
+       every rank how many label draws it already holds.
+    2. Chunks are the single-process chunks (boundaries from the batch size, seeds from (seed, chunk index)), so
+       each chunk's texts do not depend on which rank makes them. Chunks with a finished part file are kept;
+       the missing ones are dealt round-robin, rank r taking every K-th. Round-robin over what is *missing* (not
+       over chunk indices) keeps a resumed run balanced, and lets it resume with any world size.
+    3. Each rank writes every finished chunk to its part file (atomic), then sends its texts to rank 0.
+    4. Rank 0 appends the chunks in chunk order through the same post-processing as one process (empty and
+       duplicate rows dropped in that order, counts summed), finishes the file and removes the parts.
+    """
+    t0 = time.perf_counter()
+    parts = parts_dir(out_path)
+    name = Path(out_path).name
+    writer: SyntheticWriter | None = None
+    opened: dict[str, Any] = {"status": "refused"}
+    failure: BaseException | None = None
+    if ctx.is_main:
+        try:
+            if not resume:
+                shutil.rmtree(parts, ignore_errors=True)
+            writer = SyntheticWriter(out_path, columns, resume=resume)
+            state = _resumable_state(writer, out_path, fingerprint)
+            opened = {"status": "complete" if writer.complete else "open", "state": state}
+        except Exception as e:  # every rank must hear of it, or the others would wait for rank 0 forever
+            failure = e
+    opened = share_from_main(ctx, opened)
+    if opened["status"] == "refused":
+        if failure is not None:
+            raise failure
+        raise DpsynthError(f"Rank 0 could not open {name} for sampling; see its error message.")
+
+    if not resume and not ctx.is_main:
+        shutil.rmtree(parts, ignore_errors=True)  # this node's stale parts, where rank 0 cannot see them
+    state = opened["state"]
+    counts = {"dropped_empty": int(state.get("dropped_empty", 0)),
+              "dropped_duplicates": int(state.get("dropped_duplicates", 0))}
+    totals = {"prompts": 0, "new_tokens": 0}
+    batch = reused = 0
+    backend_used = ""
+    notes: list[str] = [] if dist is None else list(dist.notes)
+
+    def report() -> SampleReport | None:
+        if writer is None:
+            return None
+        return SampleReport(
+            out_path=str(out_path), requested=num_samples, rows_written=writer.rows_written,
+            resumed_rows=writer.resumed_rows, generated_this_run=totals["prompts"],
+            seconds=time.perf_counter() - t0, new_tokens=totals["new_tokens"], batch_size=batch,
+            backend=backend_used, label_source=None if dist is None else dist.source, complete=True,
+            notes=notes, **counts)
+
+    try:
+        if opened["status"] == "complete":
+            if ctx.is_main:
+                shutil.rmtree(parts, ignore_errors=True)  # left over if a run died between finishing and cleanup
+            return share_from_main(ctx, report())
+
+        check_same_on_all_ranks(ctx, fingerprint, "sampling settings (sample count, seed, decoding, labels)")
+        labels, prompts, encoded = _plan_prompts(dist, num_samples, seed, label_columns, tokenizer, prompt_encoder,
+                                                 add_bos)
+        # With batch_size="auto" each rank proposes what fits its device; all use the smallest.
+        batch = min(all_gather(ctx, _resolve_batch_size(model, batch_size, num_samples, encoded, decoding)))
+        chunk = _chunk_rows(batch, chunk_size)
+        bounds = [(s, min(num_samples, s + chunk)) for s in range(0, num_samples, chunk)]
+        draws_done = int(state.get("draws_done", 0))
+        todo = range(draws_done // chunk, len(bounds))
+
+        def part(c: int) -> list[str] | None:
+            return read_part(parts, c, fingerprint=fingerprint, start=bounds[c][0], stop=bounds[c][1])
+
+        owner: dict[int, int] = {}  # who sends each chunk to rank 0: the lowest rank that has it
+        for r, found in enumerate(all_gather(ctx, [c for c in todo if part(c) is not None])):
+            for c in found:
+                owner.setdefault(c, r)
+        reused = len(owner)
+        missing = [c for c in todo if c not in owner]
+        owner.update({c: i % ctx.world_size for i, c in enumerate(missing)})
+        mine = missing[ctx.rank::ctx.world_size]
+
+        stats = GenerationStats()
+        generate = _Generator(model, tokenizer, decoding, batch, seed, backend, static_cache, eos_token_id, stats)
+        texts_of: dict[int, list[str]] = {}
+        bar, task = _start_bar(progress and ctx.is_main, sum(bounds[c][1] - bounds[c][0] for c in mine), 0)
+        own_failure: Exception | None = None
+        try:
+            for c in mine:
+                start, stop = bounds[c]
+                texts_of[c] = generate(c, [encoded[p] for p in prompts[start:stop]],
+                                       (lambda n: bar.advance(task, n)) if bar is not None else None)
+                write_part(parts, c, fingerprint=fingerprint, start=start, stop=stop, texts=texts_of[c],
+                           rank=ctx.rank)
+        except Exception as e:  # reported to rank 0 below, so that no rank waits for one that gave up
+            own_failure = e
+        finally:
+            release_static_decoder()
+            if bar is not None:
+                bar.stop()
+
+        # Rank 0 may not see other nodes' files, so the texts it needs travel over the process group.
+        if not ctx.is_main and own_failure is None:
+            for c, r in owner.items():
+                if r == ctx.rank and c not in texts_of:
+                    texts_of[c] = part(c)  # type: ignore[assignment]
+        sent = {} if ctx.is_main or own_failure is not None else texts_of
+        gathered = gather_to_main(ctx, {"texts": sent, "prompts": stats.prompts, "new_tokens": stats.new_tokens,
+                                        "backend": stats.backend, "failed": own_failure is not None})
+
+        merged: SampleReport | None = None
+        if ctx.is_main:
+            assert writer is not None and gathered is not None
+            failed = [r for r, g in enumerate(gathered) if g["failed"]]
+            try:
+                if failed:
+                    raise DpsynthError(f"Sampling failed on rank(s) {failed}; the chunks finished so far are kept "
+                                       "and the same command resumes from them.")
+                for g in gathered:
+                    texts_of.update(g["texts"])
+                    totals["prompts"] += g["prompts"]
+                    totals["new_tokens"] += g["new_tokens"]
+                    backend_used = backend_used or g["backend"]
+                committer = _Committer(writer, fingerprint, labels, label_columns, text_column, drop_empty,
+                                       drop_duplicates, draws_done, counts)
+                for c in todo:
+                    texts = texts_of.pop(c, None) or part(c)
+                    if texts is None:
+                        raise DpsynthError(f"The finished chunk {c} of {name} went missing before it was merged; "
+                                           "run the same command again to regenerate it.")
+                    committer.commit(texts, *bounds[c])
+                writer.finish()
+                shutil.rmtree(parts, ignore_errors=True)
+                if ctx.enabled or reused:
+                    notes.append(f"sampled in {len(bounds)} chunks of up to {chunk} rows across {ctx.world_size} "
+                                 f"process(es); {reused} finished chunk(s) reused from an interrupted run")
+                merged = report()
+            except Exception as e:
+                failure = e
+        merged = share_from_main(ctx, merged)
+        if own_failure is not None:
+            raise own_failure
+        if failure is not None:
+            raise failure
+        if merged is None:
+            raise DpsynthError(f"Sampling into {name} stopped on another rank; see rank 0's error message. The "
+                               "chunks finished so far are kept and the same command resumes from them.")
+        if not ctx.is_main:
+            shutil.rmtree(parts, ignore_errors=True)  # this node's parts, where rank 0 cannot see them
+        return merged
+    finally:
+        if writer is not None:
+            writer.close()

@@ -1,0 +1,235 @@
+"""Sampling split across 2 gloo CPU ranks: the merged file must be byte-identical to one process's, resumable.
+
+Fails if chunk boundaries or seeds depended on the world size, if rank 0 merged chunks out of order or
+post-processed them in another order (the greedy, de-duplicated run has duplicates across chunks and ranks), if
+a resumed run regenerated or lost finished chunks, or if a refusal on rank 0 left the other rank waiting.
+All 2-rank scenarios run in one spawn (process start-up dominates the cost).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+from dpsynth.sample.labels import public_label_distribution
+from dpsynth.sample.sampler import DecodingConfig, _fingerprint, sample_synthetic
+from dpsynth.sample.sharded import parts_dir, read_part, write_part
+from dpsynth.train.distributed import DistContext
+
+CATS = {"category": ["fresh", "rotten"], "movie": ["Up", "Cats", "Heat"]}
+COLS = ["category", "movie"]
+N = 40  # 5 chunks of 8: rank 0 makes chunks 0, 2, 4 and rank 1 chunks 1, 3
+KW = dict(label_columns=COLS, decoding=DecodingConfig(max_new_tokens=10), seed=7, batch_size=4, chunk_size=8,
+          progress=False)
+# Greedy decoding repeats texts for the same prompt, so de-duplication must drop the same rows across chunks.
+DEDUP_KW = {**KW, "decoding": DecodingConfig(top_k=1, max_new_tokens=6), "drop_duplicates": True}
+
+
+class SimulatedKill(RuntimeError):
+    pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _load(folder: Path) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), PreTrainedTokenizerFast.from_pretrained(folder)
+
+
+def _labels():
+    return public_label_distribution("uniform", COLS, CATS)
+
+
+def _kill_after(model: torch.nn.Module, calls: int):
+    seen = {"n": 0}
+
+    def hook(module, args, output):
+        seen["n"] += 1
+        if seen["n"] == calls:
+            raise SimulatedKill
+
+    return model.register_forward_hook(hook)
+
+
+def _attempt(fn) -> dict:
+    try:
+        return {"report": fn().to_dict()}
+    except Exception as e:  # recorded for the assertions in the main process
+        return {"error": type(e).__name__, "message": str(e)}
+
+
+def _worker(rank: int, world: int, port: int, root: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    ctx = DistContext(rank=rank, world_size=world)
+    base = Path(root)
+    model, tok = _load(base / "model")
+    labels = _labels()
+    res: dict = {}
+
+    res["plain"] = _attempt(lambda: sample_synthetic(model, tok, labels, N, base / "two.csv", dist_ctx=ctx, **KW))
+    res["dedup"] = _attempt(lambda: sample_synthetic(model, tok, labels, N, base / "two_dedup.jsonl", dist_ctx=ctx,
+                                                     **DEDUP_KW))
+    # Both ranks killed part-way (each has finished one chunk), then resumed with the same world size.
+    handle = _kill_after(model, 30)
+    res["killed"] = _attempt(lambda: sample_synthetic(model, tok, labels, N, base / "killed.csv", dist_ctx=ctx,
+                                                      **KW))
+    handle.remove()
+    dist.barrier()
+    res["parts_after_kill"] = sorted(p.name for p in parts_dir(base / "killed.csv").glob("chunk-*.json"))
+    res["resumed"] = _attempt(lambda: sample_synthetic(model, tok, labels, N, base / "killed.csv", dist_ctx=ctx,
+                                                       **KW))
+    # Only rank 1 dies: rank 0 must not wait for it forever; the parts stay for a resume (by one process, later).
+    handle = _kill_after(model, 30) if rank == 1 else None
+    res["one_rank_killed"] = _attempt(lambda: sample_synthetic(model, tok, labels, N, base / "half.csv",
+                                                               dist_ctx=ctx, **KW))
+    if handle is not None:
+        handle.remove()
+    # A file half-written by a single process (with a damaged part file lying around) continued by 2 ranks.
+    res["continued"] = _attempt(lambda: sample_synthetic(model, tok, labels, N, base / "partial.csv",
+                                                         dist_ctx=ctx, **KW))
+    # No shared filesystem: each rank sees only its own "node's" folder; a part only rank 1 can see is sent over.
+    node = base / ("nodeA" if rank == 0 else "nodeB")
+    res["unshared"] = _attempt(lambda: sample_synthetic(model, tok, labels, N, node / "x.csv", dist_ctx=ctx, **KW))
+    # A file from other settings: refused on rank 0, and rank 1 must hear of it instead of hanging.
+    res["refused"] = _attempt(lambda: sample_synthetic(model, tok, labels, N, base / "other.csv", dist_ctx=ctx,
+                                                       **KW))
+    (base / f"rank{rank}.json").write_text(json.dumps(res))
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tokenizer, tiny_model) -> Path:
+    root = tmp_path_factory.mktemp("sharded")
+    tiny_model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the workers, so that float reductions run in the same order
+    try:
+        model, tok = _load(root / "model")
+        labels = _labels()
+        sample_synthetic(model, tok, labels, N, root / "one.csv", **KW)
+        sample_synthetic(model, tok, labels, N, root / "one_dedup.jsonl", **DEDUP_KW)
+        handle = _kill_after(model, 50)  # a single process killed after two committed chunks
+        with pytest.raises(SimulatedKill):
+            sample_synthetic(model, tok, labels, N, root / "partial.csv", **KW)
+        handle.remove()
+        progress = json.loads((root / ".partial.csv.progress.json").read_text())
+        (root / "partial_draws.txt").write_text(str(progress["state"]["draws_done"]))
+        parts = parts_dir(root / "partial.csv")
+        parts.mkdir()
+        (parts / "chunk-000004.json").write_text('{"fingerprint": "torn')  # a damaged part must be regenerated
+        sample_synthetic(model, tok, labels, 8, root / "other.csv", **KW)
+        fingerprint = _fingerprint(N, KW["seed"], COLS, "text", KW["decoding"], labels)
+        write_part(parts_dir(root / "nodeB" / "x.csv"), 3, fingerprint=fingerprint, start=24, stop=32,
+                   texts=["planted"] * 8)
+        mp.spawn(_worker, args=(2, _free_port(), str(root)), nprocs=2, join=True)
+    finally:
+        torch.set_num_threads(threads)
+    return root
+
+
+def _results(root: Path) -> list[dict]:
+    return [json.loads((root / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_two_ranks_write_the_single_process_file_byte_for_byte(runs: Path) -> None:
+    one = (runs / "one.csv").read_bytes()
+    assert (runs / "two.csv").read_bytes() == one and one.count(b"\n") > N // 2
+    r0, r1 = (r["plain"]["report"] for r in _results(runs))
+    assert r0 == {**r1, "seconds": r0["seconds"], "tokens_per_s": r0["tokens_per_s"],
+                  "records_per_s": r0["records_per_s"]}, "every rank returns rank 0's report"
+    assert r0["generated_this_run"] == N and r0["rows_written"] == one.count(b"\r\n") - 1
+    assert not parts_dir(runs / "two.csv").exists()
+    assert not list(runs.glob(".two.csv.*.tmp"))
+
+
+def test_post_processing_runs_in_chunk_order_across_ranks(runs: Path) -> None:
+    assert (runs / "two_dedup.jsonl").read_bytes() == (runs / "one_dedup.jsonl").read_bytes()
+    report = _results(runs)[0]["dedup"]["report"]
+    assert report["dropped_duplicates"] > 0 and report["rows_written"] + report["dropped_duplicates"] + \
+        report["dropped_empty"] == N
+
+
+def test_killed_ranks_resume_without_regenerating_finished_chunks(runs: Path) -> None:
+    r0, r1 = _results(runs)
+    assert r0["killed"]["error"] == "SimulatedKill" and "error" in r1["killed"]
+    finished = r0["parts_after_kill"]
+    assert 2 <= len(finished) < 5, finished  # each rank committed a chunk before it died
+    resumed = r0["resumed"]["report"]
+    assert resumed["generated_this_run"] == N - 8 * len(finished)
+    assert (runs / "killed.csv").read_bytes() == (runs / "one.csv").read_bytes()
+    assert not parts_dir(runs / "killed.csv").exists()
+
+
+def test_one_rank_failing_stops_both_and_one_process_resumes_from_the_parts(runs: Path) -> None:
+    r0, r1 = _results(runs)
+    assert r1["one_rank_killed"]["error"] == "SimulatedKill"
+    assert r0["one_rank_killed"]["error"] == "DpsynthError" and "rank(s) [1]" in r0["one_rank_killed"]["message"]
+    parts = parts_dir(runs / "half.csv")
+    kept = sorted(parts.glob("chunk-*.json"))
+    assert len(kept) >= 3  # rank 0's three chunks at least
+    texts = read_part(parts, 0, fingerprint=json.loads(kept[0].read_text())["fingerprint"], start=0, stop=8)
+    assert texts is not None and len(texts) == 8
+    model, tok = _load(runs / "model")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # a different world size (one process, no torchrun) picks up the 2-rank run's parts
+        report = sample_synthetic(model, tok, _labels(), N, runs / "half.csv", **KW)
+    finally:
+        torch.set_num_threads(threads)
+    assert report.generated_this_run == N - 8 * len(kept)
+    assert (runs / "half.csv").read_bytes() == (runs / "one.csv").read_bytes()
+    assert not parts.exists()
+
+
+def test_two_ranks_continue_a_file_one_process_started(runs: Path) -> None:
+    report = _results(runs)[0]["continued"]["report"]
+    draws = int((runs / "partial_draws.txt").read_text())
+    assert 0 < draws < 32 and 0 < report["resumed_rows"] <= draws
+    assert report["generated_this_run"] == N - draws  # every missing chunk (the damaged part of chunk 4 is ignored)
+    assert (runs / "partial.csv").read_bytes() == (runs / "one.csv").read_bytes()
+
+
+def test_parts_travel_to_rank_zero_without_a_shared_filesystem(runs: Path) -> None:
+    report = _results(runs)[0]["unshared"]["report"]
+    assert report["generated_this_run"] == N - 8  # chunk 3 was found on rank 1's side only
+    text = (runs / "nodeA" / "x.csv").read_bytes().decode()
+    one = (runs / "one.csv").read_bytes().decode().split("\r\n")
+    rows = text.split("\r\n")
+    assert rows[:25] == one[:25] and rows[33:] == one[33:]  # header + chunks 0-2, chunk 4 as one process
+    assert all(r.startswith("planted,") for r in rows[25:33])
+    assert not (runs / "nodeB" / "x.csv").exists() and not parts_dir(runs / "nodeB" / "x.csv").exists()
+
+
+def test_refusal_on_rank_zero_reaches_every_rank(runs: Path) -> None:
+    r0, r1 = _results(runs)
+    assert r0["refused"]["error"] == "DpsynthError" and "different settings" in r0["refused"]["message"]
+    assert r1["refused"]["error"] == "DpsynthError" and "Rank 0" in r1["refused"]["message"]
+
+
+def test_parts_are_reused_only_when_resuming(tmp_path: Path, tokenizer, tiny_model) -> None:
+    """A finished part is taken as is on resume (even by one process), and ignored by an overwrite."""
+    out = tmp_path / "s.csv"
+    fingerprint = _fingerprint(N, KW["seed"], COLS, "text", KW["decoding"], _labels())
+    write_part(parts_dir(out), 1, fingerprint=fingerprint, start=8, stop=16, texts=["planted"] * 8)
+    write_part(parts_dir(out), 2, fingerprint="other settings", start=16, stop=24, texts=["stale"] * 8)
+    report = sample_synthetic(tiny_model, tokenizer, _labels(), N, out, **KW)
+    text = out.read_text()
+    assert text.count("planted") == 8 and "stale" not in text and report.generated_this_run == N - 8
+    assert not parts_dir(out).exists()
+    write_part(parts_dir(out), 1, fingerprint=fingerprint, start=8, stop=16, texts=["planted"] * 8)
+    report = sample_synthetic(tiny_model, tokenizer, _labels(), N, out, resume=False, **KW)
+    assert "planted" not in out.read_text() and report.generated_this_run == N and not parts_dir(out).exists()
