@@ -229,6 +229,8 @@ def sample_cmd(run_dir: Path, num: int, out: Path, **kwargs: Any) -> None:
     if num < 1:
         raise DpsynthError("--num must be at least 1")
     report = sample_from_run(run_dir, num, out, **kwargs)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, one summary (every rank returns the same report)
+        return
     Console().print(f"wrote {report.get('rows_written', '?')} records to {out} "
                     f"({report.get('records_per_s', 0):.1f} records/s, {report.get('tokens_per_s', 0):.0f} tokens/s)")
 
