@@ -162,3 +162,23 @@ def test_user_level_run_counts_users(reviews: Path, tiny_model: Path, tmp_path: 
     assert ledger["delta"] == pytest.approx(1 / (20 * math.log(20)))
     report = json.loads((out / "run.json").read_text())["data"]
     assert report["num_users"] == 20 and report["records_dropped_by_cap"] == 20
+
+
+def test_default_training_loss_skips_the_control_codes(reviews: Path, tiny_model: Path, tmp_path: Path) -> None:
+    """Sampling is given the codes, so by default no clipped gradient is spent on predicting them."""
+    import torch
+    from rich.console import Console
+
+    from dpsynth.stages import load_and_encode
+
+    def masks(**kw: object) -> tuple[torch.Tensor, int]:
+        prepared = load_and_encode(_config(reviews, tiny_model, tmp_path / "x", **kw), device=torch.device("cpu"),
+                                   console=Console(quiet=True))
+        prefix = "sentiment: " + str(prepared.table["sentiment"].iloc[0]) + "\n\n"
+        n_prefix = len(prepared.loaded.tokenizer(prefix, add_special_tokens=False)["input_ids"])
+        return prepared.records[0].loss_mask, n_prefix
+
+    mask, n_prefix = masks()
+    assert not mask[:n_prefix].any() and mask[n_prefix:].all()
+    mask, _ = masks(loss_on_prefix=True)
+    assert mask.all()

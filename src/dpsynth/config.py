@@ -50,7 +50,9 @@ class RunConfig(BaseModel):
     drop_empty: bool = Field(False, description="Drop records whose text is empty instead of refusing the file.")
     max_label_values: int = Field(100, ge=2, description="Refuse label columns with more distinct values.")
     max_tokens: int = Field(128, ge=8, le=4096, description="Fixed (public) training length in tokens.")
-    loss_on_prefix: bool = Field(True, description="Also train on the control-code tokens (the reference recipe).")
+    loss_on_prefix: bool = Field(
+        False, description="Also train on the control-code tokens (the reference recipe does; sampling is given the "
+                           "codes, so by default the clipped gradient is spent on the text alone).")
 
     # --- output
     out: Path = Field(description="Output folder for synthetic data, model, privacy.json and run.json.")

@@ -89,6 +89,10 @@ class AuditConfig(BaseModel):
     model: str | None = Field(None, description="Local Hugging Face folder or hub name; default: bundled SmolLM2.")
     finetune: Literal["lora", "full"] = Field("lora", description="Train LoRA adapters or all weights.")
     lora_rank: int = Field(8, ge=1, description="LoRA rank.")
+    lora_targets: list[str] = Field(
+        default_factory=list,
+        description="Projection names to adapt (e.g. q_proj,v_proj); default every projection in the blocks.")
+    loss_on_prefix: bool = Field(False, description="Also train on the control-code tokens.")
     delta: float | None = Field(None, gt=0, lt=1, description="Target δ; default 1/(N·ln N).")
     clip_norm: float = Field(1.0, gt=0, description="Per-example gradient clipping bound C.")
     epochs: float | None = Field(None, gt=0, description="Passes over the data; default 4 with DP, 2 without.")
@@ -105,7 +109,7 @@ class AuditConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train, sample and score.")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast on GPU by default.")
 
-    @field_validator("label_columns", "formats", mode="before")
+    @field_validator("label_columns", "formats", "lora_targets", mode="before")
     @classmethod
     def _split_words(cls, v: Any) -> Any:
         if isinstance(v, str):
@@ -424,7 +428,7 @@ def _clear_out(out: Path) -> None:
 def _run_config(cfg: AuditConfig, data: Path, out: Path, eps: float) -> Any:
     from dpsynth.config import RunConfig
 
-    passed = ("model", "finetune", "lora_rank", "delta", "clip_norm", "epochs", "batch_size", "physical_batch_size",
+    passed = ("model", "finetune", "lora_rank", "lora_targets", "loss_on_prefix", "delta", "clip_norm", "epochs", "batch_size", "physical_batch_size",
               "learning_rate", "max_tokens", "num_samples", "max_new_tokens", "sample_batch_size",
               "label_distribution", "seed", "device", "precision", "drop_empty")
     try:
