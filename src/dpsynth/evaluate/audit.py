@@ -428,9 +428,9 @@ def _clear_out(out: Path) -> None:
 def _run_config(cfg: AuditConfig, data: Path, out: Path, eps: float) -> Any:
     from dpsynth.config import RunConfig
 
-    passed = ("model", "finetune", "lora_rank", "lora_targets", "loss_on_prefix", "delta", "clip_norm", "epochs", "batch_size", "physical_batch_size",
-              "learning_rate", "max_tokens", "num_samples", "max_new_tokens", "sample_batch_size",
-              "label_distribution", "seed", "device", "precision", "drop_empty")
+    passed = ("model", "finetune", "lora_rank", "lora_targets", "loss_on_prefix", "delta", "clip_norm", "epochs",
+              "batch_size", "physical_batch_size", "learning_rate", "max_tokens", "num_samples", "max_new_tokens",
+              "sample_batch_size", "label_distribution", "seed", "device", "precision", "drop_empty")
     try:
         return RunConfig(data=data, out=out, text_column=cfg.text_column, label_columns=list(cfg.label_columns),
                          epsilon=eps, **{k: getattr(cfg, k) for k in passed})
