@@ -287,8 +287,11 @@ def save_model(config: RunConfig, prepared: PreparedData, target: Path) -> Path:
         import shutil
 
         shutil.rmtree(staging)
+    from dpsynth.models.loading import quiet_progress_bars
+
     model = prepared.loaded.model
-    model.save_pretrained(staging)
+    with quiet_progress_bars():  # transformers' "Writing model shards" bar would cut through the run's display
+        model.save_pretrained(staging)
     prepared.loaded.tokenizer.save_pretrained(staging)
     outputs.write_json_atomic(staging / "dpsynth_model.json",
                               {"base_model": config.model or "default", "finetune": config.finetune})

@@ -75,7 +75,7 @@ def load_model(
     _check_dtype(dtype, device)
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
-    with _quiet_progress_bars():
+    with quiet_progress_bars():
         loaded = _load(spec, dtype, device, cache_dir, padding_side)
     loaded.model.to(device)
     return loaded
@@ -105,7 +105,7 @@ def _load(spec: str | os.PathLike[str] | None, dtype: torch.dtype, device: str |
 
 
 @contextlib.contextmanager
-def _quiet_progress_bars() -> Iterator[None]:
+def quiet_progress_bars() -> Iterator[None]:
     """Hide transformers' per-load progress bars (they fight the CLI's own status line); restore the setting."""
     from transformers.utils import logging as hf_logging
 
