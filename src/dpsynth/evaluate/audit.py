@@ -13,6 +13,10 @@ The reference recipe's leakage test (Yue et al. 2023, after Carlini et al. 2019)
    loss-based membership-inference attack (training records vs the held-out ones);
 5. write ``OUT/audit.json`` (aggregates and made-up secrets only, never a real record).
 
+With a user column (user-level DP) every canary is one new user and membership inference works on users
+(`dpsynth.evaluate.audit_users`); an interrupted audit continues with `resume`
+(`dpsynth.evaluate.audit_resume`).
+
 Likelihoods are computed in the exact training format: control codes of the canary's record, then the canary
 text, then EOS, tokenised as `dpsynth.data.encode.encode_records` does. The shared context (control codes +
 "My phone number is") is run through the model once and its key/value cache reused for every candidate, which
@@ -57,10 +61,16 @@ class AuditConfig(BaseModel):
     data: Path = Field(description="Private dataset (CSV, JSONL or Parquet), as for `dpsynth run`.")
     text_column: str = Field("text", description="Column holding the text.")
     label_columns: list[str] = Field(default_factory=list, description="Label columns written as control codes.")
+    user_column: str | None = Field(None, description="Column identifying users: user-level DP. Each canary is then "
+                                                      "one new user, and membership inference holds out users.")
+    max_records_per_user: int = Field(8, ge=1, description="With --user-column: training keeps at most this many "
+                                                           "records per user (so of a canary's copies too).")
     drop_empty: bool = Field(False, description="Drop records whose text is empty instead of refusing the file.")
     out: Path = Field(description="Audit folder: data/ (PRIVATE: your records plus canaries), eps-<ε>/ runs, "
                                   "audit.json.")
     overwrite: bool = Field(False, description="Replace an earlier audit in --out.")
+    resume: bool = Field(False, description="Continue an interrupted audit in --out: finished ε runs are reused, an "
+                                            "interrupted one continues from its checkpoint (same settings needed).")
 
     # --- the audit
     epsilons: list[float] = Field(default_factory=lambda: [4.0, math.inf],
@@ -80,7 +90,8 @@ class AuditConfig(BaseModel):
     holdout_fraction: float = Field(0.1, gt=0, lt=1, description="Share of records held out of training as "
                                                                  "membership-inference non-members.")
     mia_max_records: int = Field(1000, ge=1, description="At most this many held-out records (and as many "
-                                                         "training records) for membership inference.")
+                                                         "training records) for membership inference; users "
+                                                         "with --user-column.")
     show_progress: bool = Field(True, description="Show progress bars while ranking canaries.")
     score_batch_size: int | None = Field(None, ge=1, description="Sequences per forward pass when scoring. "
                                                                  "Default: 512 on a GPU, 64 on CPU.")
@@ -98,6 +109,8 @@ class AuditConfig(BaseModel):
     epochs: float | None = Field(None, gt=0, description="Passes over the data; default 4 with DP, 2 without.")
     batch_size: int | None = Field(None, ge=1, description="Expected logical batch size q·N; default by N.")
     physical_batch_size: int = Field(8, ge=1, description="Examples per forward pass (memory, not privacy).")
+    checkpoint_every: int = Field(20, ge=1, description="Checkpoint every this many logical steps (what --resume "
+                                                        "continues from).")
     learning_rate: float | None = Field(None, gt=0, description="AdamW learning rate; default by --finetune.")
     max_tokens: int = Field(128, ge=8, le=4096, description="Fixed (public) training length in tokens.")
     num_samples: int | None = Field(None, ge=1, description="Synthetic records per run; default as many as the "
@@ -129,6 +142,10 @@ class AuditConfig(BaseModel):
     def _consistent(self) -> AuditConfig:
         if self.text_column in self.label_columns:
             raise ValueError(f"the text column '{self.text_column}' cannot also be a label column")
+        if self.user_column and (self.user_column == self.text_column or self.user_column in self.label_columns):
+            raise ValueError("the user column must differ from the text and label columns")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite contradict each other; pick one")
         if not self.epsilons:
             raise ValueError("--epsilons needs at least one value, e.g. 4,inf")
         if any(not e > 0 for e in self.epsilons):
@@ -166,15 +183,16 @@ def _eps_tag(eps: float) -> str:
 
 
 def auto_repetitions(num_records: int, num_formats: int, per_setting: int = 1, max_share: float = 0.05,
-                     choices: Sequence[int] = REPETITIONS) -> list[int]:
+                     choices: Sequence[int] = REPETITIONS, cap: int | None = None) -> list[int]:
     """The reference's 1, 10, 100 repetitions, dropping the largest while canaries would exceed `max_share` of N.
 
     Why: 5 formats × (1 + 10 + 100) = 555 canary records are 0.03 % of the reference's 1.9M Yelp reviews but a
     quarter of a 2,000-record table, where they would dominate training (and the utility of the synthetic data).
-    At least the smallest count is always kept.
+    At least the smallest count is always kept. With a per-user `cap` (user-level DP) a canary user contributes at
+    most `cap` trained copies, so only those count.
     """
     reps = sorted(choices)
-    while len(reps) > 1 and num_formats * per_setting * sum(reps) > max_share * num_records:
+    while len(reps) > 1 and num_formats * per_setting * sum(min(r, cap or r) for r in reps) > max_share * num_records:
         reps.pop()
     return reps
 
@@ -331,6 +349,7 @@ class AuditResult:
     run_dirs: list[Path]
     sentences: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # how to read this audit (privacy unit, per-user cap)
 
     def summary_rows(self) -> list[tuple[str, str, str]]:
         """(measure, value, what good looks like) rows for a rich table in the CLI, one block per ε."""
@@ -346,12 +365,15 @@ class AuditResult:
             rows.append((f"{tag}: largest exposure", f"{best['exposure_bits']:.1f} bits",
                          f"near 0; {math.log2(ranked):.1f} = the secret is the model's first choice"))
             for reps, agg in sorted(run["by_repetitions"].items(), key=lambda kv: int(kv[0])):
-                rows.append((f"{tag}: canaries ×{reps} ranked first / verbatim",
+                trained = agg.get("copies_trained", int(reps))
+                capped = f" ({trained} trained)" if trained != int(reps) else ""
+                rows.append((f"{tag}: canaries ×{reps}{capped} ranked first / verbatim",
                              f"{agg['rank_1']} / {agg['verbatim']} of {agg['canaries']}", "0 / 0"))
             mia = run["membership_inference"]
-            rows.append((f"{tag}: membership-inference AUC",
-                         f"{mia['auc']:.3f} ± {mia['std_error']:.3f} ({mia['members']} vs {mia['nonmembers']})",
-                         "0.5 (no better than guessing)"))
+            users = mia.get("unit") == "user"
+            rows.append((f"{tag}: {'user-level ' if users else ''}membership-inference AUC",
+                         f"{mia['auc']:.3f} ± {mia['std_error']:.3f} ({mia['members']} vs {mia['nonmembers']}"
+                         f"{' users' if users else ''})", "0.5 (no better than guessing)"))
         return rows
 
 
@@ -367,11 +389,15 @@ def _summarise_run(run: dict[str, Any], ranked: int) -> str:
     top = max(run["by_repetitions"], key=int)
     agg = run["by_repetitions"][top]
     mia = run["membership_inference"]
+    users = mia.get("unit") == "user"
+    trained = agg.get("copies_trained", int(top))
+    capped = f" ({trained} cop{'ies' if trained != 1 else 'y'} trained)" if trained != int(top) else ""
     return (f"{head}: the best-ranked canary ({best['format']}, {best['repetitions']} repetition"
             f"{'s' if best['repetitions'] != 1 else ''}) ranked {_fmt_rank(best['rank'])} of {ranked:,} "
-            f"(exposure {best['exposure_bits']:.1f} bits); of the {agg['canaries']} canaries with {top} repetition"
-            f"{'s' if int(top) != 1 else ''}, {agg['rank_1']} rank first and {agg['verbatim']} appear verbatim in the "
-            f"synthetic data; membership-inference AUC {mia['auc']:.2f} (± {mia['std_error']:.2f}).")
+            f"(exposure {best['exposure_bits']:.1f} bits); of the {agg['canaries']} canar"
+            f"{'y users' if users else 'ies'} with {top} repetition{'s' if int(top) != 1 else ''}{capped}, "
+            f"{agg['rank_1']} rank first and {agg['verbatim']} appear verbatim in the synthetic data; "
+            f"{'user-level ' if users else ''}membership-inference AUC {mia['auc']:.2f} (± {mia['std_error']:.2f}).")
 
 
 def _by_repetitions(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -381,6 +407,7 @@ def _by_repetitions(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         ranks = [r["rank"] for r in sel]
         out[str(reps)] = {"canaries": len(sel), "rank_1": sum(r == 1.0 for r in ranks),
                           "verbatim": sum(r["verbatim_count"] > 0 for r in sel), "best_rank": min(ranks),
+                          "copies_trained": max(r.get("copies_trained", reps) for r in sel),
                           "median_rank": float(np.median(ranks)),
                           "max_exposure_bits": max(r["exposure_bits"] for r in sel)}
     return out
@@ -399,6 +426,8 @@ def print_audit_summary(result: AuditResult, console: Any = None) -> None:
     for row in result.summary_rows():
         table.add_row(*(escape(cell) for cell in row))
     console.print(table)
+    for note in result.notes:
+        console.print(f"[bold]note:[/] {escape(note)}")
     for sentence in result.sentences:
         console.print(escape(sentence))
     for warning in result.warnings:
@@ -410,18 +439,28 @@ def print_audit_summary(result: AuditResult, console: Any = None) -> None:
 # ------------------------------------------------------------------------------------------------ the audit
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def _check_out(out: Path, overwrite: bool, resume: bool = False) -> None:
+    from dpsynth.evaluate.audit_resume import STATE_FILE
+
     if out.exists() and not out.is_dir():
         raise DpsynthError(f"--out {out} is a file, not a folder; choose a folder path")
+    if resume:
+        if not (out / STATE_FILE).is_file():
+            raise DpsynthError(f"--resume: {out} holds no interrupted audit to continue (no {STATE_FILE}); drop "
+                               "--resume to start one")
+        return
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise DpsynthError(f"--out {out} already holds files; pass --overwrite to replace an earlier audit")
+        raise DpsynthError(f"--out {out} already holds files; pass --overwrite to replace an earlier audit or "
+                           "--resume to continue an interrupted one")
 
 
 def _clear_out(out: Path) -> None:
     """Remove only what an audit writes (never unrelated files)."""
+    from dpsynth.evaluate.audit_resume import STATE_FILE
+
     out.mkdir(parents=True, exist_ok=True)
     for child in out.iterdir():
-        if child.name in (DATA_DIR, AUDIT_FILE) or (child.is_dir() and child.name.startswith("eps-")):
+        if child.name in (DATA_DIR, AUDIT_FILE, STATE_FILE) or (child.is_dir() and child.name.startswith("eps-")):
             shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
@@ -430,7 +469,8 @@ def _run_config(cfg: AuditConfig, data: Path, out: Path, eps: float) -> Any:
 
     passed = ("model", "finetune", "lora_rank", "lora_targets", "loss_on_prefix", "delta", "clip_norm", "epochs",
               "batch_size", "physical_batch_size", "learning_rate", "max_tokens", "num_samples", "max_new_tokens",
-              "sample_batch_size", "label_distribution", "seed", "device", "precision", "drop_empty")
+              "sample_batch_size", "label_distribution", "seed", "device", "precision", "drop_empty", "user_column",
+              "max_records_per_user", "checkpoint_every")
     try:
         return RunConfig(data=data, out=out, text_column=cfg.text_column, label_columns=list(cfg.label_columns),
                          epsilon=eps, **{k: getattr(cfg, k) for k in passed})
@@ -451,150 +491,287 @@ def _canary_control_prefix(codes: Any, table: pd.DataFrame, canary: Any, text_co
     return codes.prefix(labels), labels
 
 
+@dataclass
+class _AuditData:
+    """The audit's deterministic data: split, canaries, the canaried training file, what training keeps of it."""
+
+    train: pd.DataFrame  # the user's records used for training (before canaries)
+    heldout: pd.DataFrame  # non-members: records, or whole users with --user-column
+    canaries: list[Any]
+    reps: list[int]
+    canaried: pd.DataFrame  # train + canary copies, shuffled: OUT/data/train_with_canaries.csv
+    trained: pd.DataFrame  # what `dpsynth run` trains on: `canaried` after the per-user cap
+    copies: dict[str, int]  # canary id → copies training keeps
+    user_ids: dict[str, str]  # canary id → its user id (empty without --user-column)
+    members: pd.DataFrame  # MIA: records of the member records / users
+    nonmembers: pd.DataFrame
+    mia_units: int  # members (= non-members): records, or users
+    dropped_by_cap: int  # the user's own records the per-user cap removes
+
+
+def _prepare_data(cfg: AuditConfig, table: pd.DataFrame, warnings: list[str], notes: list[str]) -> _AuditData:
+    """Split, make and insert the canaries, apply the per-user cap as training will, and pick the MIA samples."""
+    from dpsynth.data.split import split_train_test
+    from dpsynth.evaluate import audit_users as au
+    from dpsynth.evaluate import canaries as cn
+    from dpsynth.stages import cap_records_per_user
+
+    ucol, cap = cfg.user_column, cfg.max_records_per_user
+    if ucol:
+        users = int(table[ucol].nunique())
+        if users < 4:
+            raise DpsynthError(f"the table has {users} users; a user-level audit needs at least 4 (training and "
+                               "held-out users)")
+        n_hold = max(1, min(round(users * cfg.holdout_fraction), cfg.mia_max_records, users // 2))
+        train, heldout = au.split_users(table, ucol, n_hold, cfg.seed)
+        trained_own, _, dropped = cap_records_per_user(train, ucol, cap)
+        base = len(trained_own)
+    else:
+        n = len(table)
+        if n < 4:
+            raise DpsynthError(f"the table has {n} usable records; an audit needs at least 4 (training and held-out)")
+        n_hold = max(1, min(round(n * cfg.holdout_fraction), cfg.mia_max_records, n // 2))
+        stratify = cfg.label_columns[0] if cfg.label_columns else None
+        train, heldout = split_train_test(table, n_hold / n, seed=cfg.seed, stratify=stratify)
+        base, dropped = len(train), 0
+
+    reps = list(cfg.repetitions) if cfg.repetitions is not None else auto_repetitions(
+        base, len(cfg.formats), cfg.canaries_per_setting, cfg.max_canary_share, cap=cap if ucol else None)
+    cans = cn.make_canaries(cfg.formats, reps, per_setting=cfg.canaries_per_setting, seed=cfg.seed)
+    columns = [cfg.text_column, *cfg.label_columns, *([ucol] if ucol else [])]
+    canaried = cn.insert_canaries(train[columns], cans, cfg.text_column, label_columns=list(cfg.label_columns),
+                                  seed=cfg.seed)
+    user_ids: dict[str, str] = {}
+    if ucol:
+        user_ids = au.canary_user_ids(cans, table[ucol].unique().tolist())
+        canaried = au.assign_canary_users(canaried, cans, cfg.text_column, ucol, user_ids)
+        trained = cap_records_per_user(canaried, ucol, cap)[0]
+        copies = au.copies_trained(trained, ucol, user_ids)
+        members, nonmembers, m = au.mia_users(trained, heldout, ucol, cap, cfg.mia_max_records, cfg.seed,
+                                              exclude=list(user_ids.values()))
+    else:
+        trained, copies = canaried, {c.canary_id: c.repetitions for c in cans}
+        rng = np.random.default_rng([cfg.seed, 5])
+        m = min(len(heldout), len(train), cfg.mia_max_records)
+        members = train.iloc[np.sort(rng.choice(len(train), size=m, replace=False))]
+        nonmembers = heldout.iloc[np.sort(rng.choice(len(heldout), size=m, replace=False))]
+
+    trained_canaries = sum(copies.values())
+    share = trained_canaries / len(trained)
+    if cfg.repetitions is None and sorted(reps) != sorted(REPETITIONS):
+        warnings.append(f"With {base:,} training records only {', '.join(map(str, reps))} repetition(s) were "
+                        f"used so that canaries stay within {cfg.max_canary_share:.0%} of the data; pass "
+                        "--repetitions 1,10,100 to force the reference's setting.")
+    if share > cfg.max_canary_share:
+        warnings.append(f"Canaries are {share:.1%} of the training records: they shape training far more than in "
+                        "the reference (0.03 %)" + ("." if ucol else ", and at ε < ∞ a secret repeated many times "
+                                                    "is protected only as a group of that many records."))
+    if ucol:
+        kept = ", ".join(f"×{r}: {min(copies[c.canary_id] for c in cans if c.repetitions == r)}"
+                         for r in sorted(set(reps)))
+        notes.append(f"Privacy unit: the user ('{ucol}'). Each canary is one new user who writes its secret 1 to "
+                     f"{max(reps)} times; training keeps at most --max-records-per-user {cap} records per user, so "
+                     f"the copies trained per canary are {kept}. However often a user repeats a secret, it is "
+                     "protected as one user: a canary user ranking near 1 at small ε would be a bug.")
+        notes.append(f"Membership inference is user-level: whole users were held out, and each user is scored by "
+                     f"the mean training loss of their records (at most {cap}); {m} member users against {m} "
+                     "held-out users.")
+    return _AuditData(train=train, heldout=heldout, canaries=cans, reps=reps, canaried=canaried, trained=trained,
+                      copies=copies, user_ids=user_ids, members=members, nonmembers=nonmembers, mia_units=m,
+                      dropped_by_cap=dropped)
+
+
 def run_audit(cfg: AuditConfig, console: Any = None) -> AuditResult:
-    """Insert canaries, train at every ε, measure canary ranks, verbatim copies and membership inference."""
+    """Insert canaries, train at every ε, measure canary ranks, verbatim copies and membership inference.
+
+    With `cfg.resume`, an interrupted audit continues: finished ε runs (and their measurements) are reused, an
+    interrupted one continues through `dpsynth run --resume` (or starts over if it stopped before its first
+    checkpoint); settings or data that differ from the interrupted audit's are refused.
+    """
     from rich.console import Console
 
     from dpsynth import __version__, outputs
     from dpsynth.data.control_codes import ControlCodes
     from dpsynth.data.reader import read_table
     from dpsynth.data.schema import DatasetSpec, validate_table
-    from dpsynth.data.split import split_train_test
+    from dpsynth.evaluate import audit_resume as rs
     from dpsynth.evaluate import canaries as cn
-    from dpsynth.evaluate.leakage import loss_mia_auc
-    from dpsynth.evaluate.progress import StepProgress
     from dpsynth.pipeline import resolve_device
     from dpsynth.pipeline import run as run_pipeline
 
     console = console or Console(stderr=True)
     t_all = time.perf_counter()
-    timings: dict[str, float] = {}
     warnings: list[str] = []
+    notes: list[str] = []
 
     # ---- everything that can be refused, before writing
-    _check_out(cfg.out, cfg.overwrite)
+    _check_out(cfg.out, cfg.overwrite, cfg.resume)
     device = resolve_device(cfg.device)
     data_dir = cfg.out / DATA_DIR
     train_path = data_dir / TRAIN_FILE
     run_cfgs = [_run_config(cfg, train_path, cfg.out / f"eps-{_eps_tag(e)}", e) for e in cfg.epsilons]
     codes = ControlCodes(list(cfg.label_columns))
-    spec = DatasetSpec(text_column=cfg.text_column, label_columns=list(cfg.label_columns))
+    spec = DatasetSpec(text_column=cfg.text_column, label_columns=list(cfg.label_columns),
+                       user_column=cfg.user_column)
     table = validate_table(read_table(cfg.data), spec, drop_empty=cfg.drop_empty).df
-    n = len(table)
-    if n < 4:
-        raise DpsynthError(f"the table has {n} usable records; an audit needs at least 4 (training and held-out)")
-    n_hold = max(1, min(round(n * cfg.holdout_fraction), cfg.mia_max_records, n // 2))
-    stratify = cfg.label_columns[0] if cfg.label_columns else None
-    train, heldout = split_train_test(table, n_hold / n, seed=cfg.seed, stratify=stratify)
-
-    reps_source = "given" if cfg.repetitions is not None else "auto"
-    reps = list(cfg.repetitions) if cfg.repetitions is not None else auto_repetitions(
-        len(train), len(cfg.formats), cfg.canaries_per_setting, cfg.max_canary_share)
-    cans = cn.make_canaries(cfg.formats, reps, per_setting=cfg.canaries_per_setting, seed=cfg.seed)
-    num_rows = sum(c.repetitions for c in cans)
-    share = num_rows / (len(train) + num_rows)
-    if reps_source == "auto" and sorted(reps) != sorted(REPETITIONS):
-        warnings.append(f"With {len(train):,} training records only {', '.join(map(str, reps))} repetition(s) were "
-                        f"used so that canaries stay within {cfg.max_canary_share:.0%} of the data; pass "
-                        "--repetitions 1,10,100 to force the reference's setting.")
-    if share > cfg.max_canary_share:
-        warnings.append(f"Canaries are {share:.1%} of the training records: they shape training far more than in "
-                        "the reference (0.03 %), and at ε < ∞ a secret repeated many times is protected only as a "
-                        "group of that many records.")
     num_candidates = cfg.num_candidates or (_CANDIDATES_GPU if device.type == "cuda" else _CANDIDATES_CPU)
     score_batch = cfg.score_batch_size or (512 if device.type == "cuda" else 64)
+    settings = rs.audit_settings(_config_record(cfg), device_resolved=device.type,
+                                 num_candidates_resolved=num_candidates)
+    data_sha = rs.file_sha256(Path(cfg.data).expanduser())
+    fp = rs.check_state(cfg.out, settings, data_sha) if cfg.resume else rs.fingerprint(settings, data_sha)
+    ad = _prepare_data(cfg, table, warnings, notes)
+    cans = ad.canaries
 
-    # ---- write the canaried training file (private) inside OUT
+    # ---- write the settings' fingerprint, then the canaried training file (private) inside OUT
     if cfg.overwrite:
         _clear_out(cfg.out)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    columns = [cfg.text_column, *cfg.label_columns]
-    canaried = cn.insert_canaries(train[columns], cans, cfg.text_column, label_columns=list(cfg.label_columns),
-                                  seed=cfg.seed)
-    canaried.to_csv(train_path, index=False)
-    heldout[columns].to_csv(data_dir / HELDOUT_FILE, index=False)
-    prefixes = {c.canary_id: _canary_control_prefix(codes, canaried, c, cfg.text_column, list(cfg.label_columns))
+    if not cfg.resume:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        rs.write_state(cfg.out, settings, data_sha)
+    columns = [cfg.text_column, *cfg.label_columns, *([cfg.user_column] if cfg.user_column else [])]
+    rs.write_csv_if_changed(ad.canaried, train_path)
+    rs.write_csv_if_changed(ad.heldout[columns], data_dir / HELDOUT_FILE)
+    prefixes = {c.canary_id: _canary_control_prefix(codes, ad.trained, c, cfg.text_column, list(cfg.label_columns))
                 for c in cans}
     candidates = {c.canary_id: cn.candidate_secrets(c.format, c.secret, num_candidates, seed=c.seed,
                                                     exclude=[o.secret for o in cans]) for c in cans}
-
-    # ---- MIA samples: as many training (member) records as held-out (non-member) ones
-    rng = np.random.default_rng([cfg.seed, 5])
-    m = min(len(heldout), len(train), cfg.mia_max_records)
-    members = train.iloc[np.sort(rng.choice(len(train), size=m, replace=False))]
-    nonmembers = heldout.iloc[np.sort(rng.choice(len(heldout), size=m, replace=False))]
 
     runs: list[dict[str, Any]] = []
     run_dirs: list[Path] = []
     for i, (eps, rcfg) in enumerate(zip(cfg.epsilons, run_cfgs), start=1):
         label = _eps_tag(eps).replace("inf", "∞")
-        console.print(f"[bold]audit[/]: run {i} of {len(run_cfgs)} at ε = {label} → {rcfg.out}")
-        result = run_pipeline(rcfg, console=console)
-        run_dirs.append(rcfg.out)
-        t = time.perf_counter()
-        loaded = _load_trained(rcfg.out / outputs.MODEL, device)
-        synthetic = read_table(result.synthetic_path)
-        syn_texts = synthetic[cfg.text_column].fillna("").astype(str).tolist() \
-            if cfg.text_column in synthetic.columns else []
-        rows = []
-        with StepProgress(cfg.show_progress, len(cans), f"ranking canaries (ε = {label})") as advance:
-            for c in cans:
-                ctrl, _ = prefixes[c.canary_id]
-                rank, length = rank_in_training_format(loaded.model, loaded.tokenizer, ctrl, c.prefix, c.secret,
-                                                       candidates[c.canary_id], batch_size=score_batch)
-                if length > cfg.max_tokens and i == 1:
-                    warnings.append(f"Canary {c.canary_id} takes {length} tokens with its control codes, more than "
-                                    f"--max-tokens {cfg.max_tokens}: its end was cut in training.")
-                rows.append({"canary_id": c.canary_id, "format": c.format, "repetitions": c.repetitions,
-                             "rank": rank, "exposure_bits": cn.exposure(rank, num_candidates + 1),
-                             "verbatim_count": cn.verbatim_count(c, syn_texts)})
-                advance(1)
-        t_rank = time.perf_counter() - t
-        t = time.perf_counter()
-        model, tok = loaded.model, loaded.tokenizer
-        loss_in = record_losses(model, tok, _prefixes(codes, members, cfg.label_columns),
-                                members[cfg.text_column].tolist(), max_tokens=cfg.max_tokens)
-        loss_out = record_losses(model, tok, _prefixes(codes, nonmembers, cfg.label_columns),
-                                 nonmembers[cfg.text_column].tolist(), max_tokens=cfg.max_tokens)
-        auc = loss_mia_auc(loss_in[np.isfinite(loss_in)], loss_out[np.isfinite(loss_out)])
-        t_mia = time.perf_counter() - t
-        del loaded, model
-        run = {
-            "epsilon_target": _eps_tag(eps), "epsilon_label": label, "private": math.isfinite(eps),
-            "epsilon": result.epsilon if math.isfinite(result.epsilon) else None, "delta": result.delta,
-            "run_dir": str(rcfg.out), "synthetic_records": len(syn_texts),
-            "canaries": rows, "by_repetitions": _by_repetitions(rows),
-            "membership_inference": {"auc": auc, "std_error": auc_std_error(auc, m, m), "members": m,
-                                     "nonmembers": m, "loss": "mean next-token loss, training format"},
-            "timings": {**{k: round(v, 3) for k, v in result.timings.items()}, "rank_s": round(t_rank, 3),
-                        "mia_s": round(t_mia, 3)},
-        }
-        run["summary"] = _summarise_run(run, num_candidates + 1)
+        state = rs.run_state(rcfg.out, rcfg) if cfg.resume else "absent"
+        head = f"[bold]audit[/]: run {i} of {len(run_cfgs)} at ε = {label}"
+        run = rs.read_measures(rcfg.out, fp) if state == "finished" else None
+        if state == "finished":
+            console.print(f"{head}: finished before the interruption, reused → {rcfg.out}")
+            outputs.remove_checkpoint(rcfg.out)  # a run stopped between run.json and this clean-up
+            numbers = rs.finished_run_numbers(rcfg.out)
+            origin = "reused"
+        else:
+            rs.forget_measures(rcfg.out)
+            origin = {"absent": "trained", "checkpoint": "resumed", "started": "restarted"}[state]
+            rcfg = rcfg.model_copy(update={"resume": state == "checkpoint", "overwrite": state == "started"})
+            console.print(head + {"trained": "", "resumed": " (continuing from its checkpoint)",
+                                  "restarted": " (starting over: it stopped before its first checkpoint)"}[origin]
+                          + f" → {rcfg.out}")
+            result = run_pipeline(rcfg, console=console)
+            numbers = {"epsilon": result.epsilon, "delta": result.delta, "timings": result.timings,
+                       "synthetic_path": result.synthetic_path}
+        if run is None:
+            run = _measure_run(cfg, ad, codes, rcfg.out, numbers, eps, label, prefixes, candidates, num_candidates,
+                               score_batch, device)
+            run["training"] = origin
+            rs.write_measures(rcfg.out, fp, run)
+        run = run | {"training": origin, "run_dir": str(rcfg.out)}
         runs.append(run)
-    timings["total_s"] = round(time.perf_counter() - t_all, 3)
+        run_dirs.append(rcfg.out)
+    for row in runs[0]["canaries"]:
+        if row.get("tokens", 0) > cfg.max_tokens:
+            warnings.append(f"Canary {row['canary_id']} takes {row['tokens']} tokens with its control codes, more "
+                            f"than --max-tokens {cfg.max_tokens}: its end was cut in training.")
+    timings = {"total_s": round(time.perf_counter() - t_all, 3)}
 
+    num_rows = sum(c.repetitions for c in cans)
+    trained_rows = sum(ad.copies.values())
+    data_info: dict[str, Any] = {
+        "records": len(table), "training_records": len(ad.train), "heldout_records": len(ad.heldout),
+        "canary_records": num_rows, "canary_share": trained_rows / len(ad.trained),
+        "privacy_unit": "user" if cfg.user_column else "record",
+        "training_file": str(train_path), "heldout_file": str(data_dir / HELDOUT_FILE),
+        "private": "data/ holds the user's records: keep it with the private data"}
+    if cfg.user_column:
+        data_info |= {"users": int(table[cfg.user_column].nunique()),
+                      "training_users": int(ad.train[cfg.user_column].nunique()),
+                      "heldout_users": int(ad.heldout[cfg.user_column].nunique()), "canary_users": len(cans),
+                      "records_per_user_cap": cfg.max_records_per_user, "canary_records_trained": trained_rows,
+                      "records_dropped_by_cap": ad.dropped_by_cap}
     report = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "dpsynth_version": __version__,
         "config": _config_record(cfg),
-        "data": {"records": n, "training_records": len(train), "heldout_records": len(heldout),
-                 "canary_records": num_rows, "canary_share": share,
-                 "training_file": str(train_path), "heldout_file": str(data_dir / HELDOUT_FILE),
-                 "private": "data/ holds the user's records: keep it with the private data"},
-        "settings": {"formats": list(cfg.formats), "repetitions": reps, "repetitions_source": reps_source,
+        "data": data_info,
+        "settings": {"formats": list(cfg.formats), "repetitions": ad.reps,
+                     "repetitions_source": "given" if cfg.repetitions is not None else "auto",
                      "canaries_per_setting": cfg.canaries_per_setting, "num_candidates": num_candidates,
                      "secrets_ranked": num_candidates + 1, "scoring": "total NLL of secret + '.' + EOS after the "
                      "canary's control codes and text prefix (training format)", "device": str(device)},
-        "canaries": [c.to_dict() | {"control_codes": prefixes[c.canary_id][1]} for c in cans],
+        "canaries": [c.to_dict() | {"control_codes": prefixes[c.canary_id][1], "copies_trained": ad.copies[c.canary_id]}
+                     | ({"user_id": ad.user_ids[c.canary_id]} if ad.user_ids else {}) for c in cans],
         "runs": runs,
         "summary": [r["summary"] for r in runs],
+        "notes": notes,
         "warnings": warnings,
+        "resume": {"resumed": cfg.resume, "fingerprint": fp, "runs": {r["epsilon_target"]: r["training"]
+                                                                      for r in runs}},
         "timings": timings,
     }
     audit_path = cfg.out / AUDIT_FILE
     outputs.write_json_atomic(audit_path, report)
     return AuditResult(report=report, audit_path=audit_path, data_dir=data_dir, run_dirs=run_dirs,
-                       sentences=list(report["summary"]), warnings=warnings)
+                       sentences=list(report["summary"]), warnings=warnings, notes=notes)
+
+
+def _measure_run(cfg: AuditConfig, ad: _AuditData, codes: Any, run_dir: Path, numbers: dict[str, Any], eps: float,
+                 label: str, prefixes: dict[str, tuple[str, dict[str, str]]], candidates: dict[str, list[str]],
+                 num_candidates: int, score_batch: int, device: Any) -> dict[str, Any]:
+    """Rank every canary, count verbatim copies and run membership inference on one finished ε run."""
+    from dpsynth import outputs
+    from dpsynth.data.reader import read_table
+    from dpsynth.evaluate import canaries as cn
+    from dpsynth.evaluate.leakage import loss_mia_auc
+    from dpsynth.evaluate.progress import StepProgress
+
+    t = time.perf_counter()
+    loaded = _load_trained(run_dir / outputs.MODEL, device)
+    synthetic = read_table(numbers["synthetic_path"])
+    syn_texts = synthetic[cfg.text_column].fillna("").astype(str).tolist() \
+        if cfg.text_column in synthetic.columns else []
+    rows = []
+    with StepProgress(cfg.show_progress, len(ad.canaries), f"ranking canaries (ε = {label})") as advance:
+        for c in ad.canaries:
+            ctrl, _ = prefixes[c.canary_id]
+            rank, length = rank_in_training_format(loaded.model, loaded.tokenizer, ctrl, c.prefix, c.secret,
+                                                   candidates[c.canary_id], batch_size=score_batch)
+            rows.append({"canary_id": c.canary_id, "format": c.format, "repetitions": c.repetitions,
+                         "copies_trained": ad.copies[c.canary_id], "rank": rank,
+                         "exposure_bits": cn.exposure(rank, num_candidates + 1),
+                         "verbatim_count": cn.verbatim_count(c, syn_texts), "tokens": length})
+            advance(1)
+    t_rank = time.perf_counter() - t
+    t = time.perf_counter()
+    model, tok = loaded.model, loaded.tokenizer
+    loss_in = record_losses(model, tok, _prefixes(codes, ad.members, cfg.label_columns),
+                            ad.members[cfg.text_column].tolist(), max_tokens=cfg.max_tokens)
+    loss_out = record_losses(model, tok, _prefixes(codes, ad.nonmembers, cfg.label_columns),
+                             ad.nonmembers[cfg.text_column].tolist(), max_tokens=cfg.max_tokens)
+    if cfg.user_column:
+        from dpsynth.evaluate.audit_users import user_scores
+
+        s_in = user_scores(ad.members, loss_in, cfg.user_column)
+        s_out = user_scores(ad.nonmembers, loss_out, cfg.user_column)
+        auc = loss_mia_auc(s_in, s_out)
+        mia = {"auc": auc, "std_error": auc_std_error(auc, len(s_in), len(s_out)), "unit": "user",
+               "members": len(s_in), "nonmembers": len(s_out), "member_records": len(ad.members),
+               "nonmember_records": len(ad.nonmembers),
+               "loss": "per user: mean over the user's records of the mean next-token loss, training format"}
+    else:
+        auc = loss_mia_auc(loss_in[np.isfinite(loss_in)], loss_out[np.isfinite(loss_out)])
+        mia = {"auc": auc, "std_error": auc_std_error(auc, ad.mia_units, ad.mia_units), "unit": "record",
+               "members": ad.mia_units, "nonmembers": ad.mia_units, "loss": "mean next-token loss, training format"}
+    t_mia = time.perf_counter() - t
+    del loaded, model
+    run: dict[str, Any] = {
+        "epsilon_target": _eps_tag(eps), "epsilon_label": label, "private": math.isfinite(eps),
+        "epsilon": numbers["epsilon"] if math.isfinite(numbers["epsilon"]) else None, "delta": numbers["delta"],
+        "run_dir": str(run_dir), "synthetic_records": len(syn_texts),
+        "canaries": rows, "by_repetitions": _by_repetitions(rows), "membership_inference": mia,
+        "timings": {**{k: round(v, 3) for k, v in numbers["timings"].items()}, "rank_s": round(t_rank, 3),
+                    "mia_s": round(t_mia, 3)},
+    }
+    run["summary"] = _summarise_run(run, num_candidates + 1)
+    return run
 
 
 def _prefixes(codes: Any, frame: pd.DataFrame, label_columns: list[str]) -> list[str]:
