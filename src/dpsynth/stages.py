@@ -84,6 +84,10 @@ def load_and_encode(config: RunConfig, *, device: torch.device, console: Any) ->
         table, units, capped = cap_records_per_user(table, config.user_column, config.max_records_per_user)
     with console.status("loading the model"):
         loaded = load_model(config.model, device=str(device))
+    if config.finetune == "lora" and config.lora_targets:
+        from dpsynth.models.lora import check_target_modules
+
+        check_target_modules(loaded.model, list(config.lora_targets))  # before anything is written
     codes = ControlCodes(list(config.label_columns))
     prefixes = [codes.prefix({c: row[c] for c in config.label_columns})
                 for row in table[list(config.label_columns)].to_dict("records")] if config.label_columns \

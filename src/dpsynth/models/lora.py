@@ -57,6 +57,18 @@ def default_target_modules(model: nn.Module) -> list[str]:
     return names
 
 
+def check_target_modules(model: nn.Module, targets: list[str]) -> None:
+    """Refuse target names that match no module: a typo must not silently train fewer modules than asked for.
+
+    Called before anything is written (the pipeline checks right after loading the model), and again by apply_lora.
+    """
+    leaves = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = [t for t in targets if t not in leaves]
+    if missing:
+        raise DpsynthError(f"the LoRA target module(s) {', '.join(missing)} do not exist in {type(model).__name__}; "
+                           f"available projections: {', '.join(default_target_modules(model))}")
+
+
 def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16, dropout: float = 0.0,
                target_modules: list[str] | None = None) -> Any:
     """Wrap `model` with LoRA adapters (rank `r`, scale `alpha / r`); afterwards only the adapters are trainable.
@@ -72,11 +84,7 @@ def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16, dropout: float =
         raise DpsynthError(f"the LoRA rank must be at least 1, not {r}")
     targets = list(target_modules) if target_modules else default_target_modules(model)
     conv1d = _conv1d_type()
-    leaves = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    missing = [t for t in targets if t not in leaves]
-    if missing:  # a typo must not silently train fewer modules than asked for
-        raise DpsynthError(f"the LoRA target module(s) {', '.join(missing)} do not exist in {type(model).__name__}; "
-                           f"available projections: {', '.join(default_target_modules(model))}")
+    check_target_modules(model, targets)
     targeted = [m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in targets]
     fan_in_fan_out = any(isinstance(m, conv1d) for m in targeted)
     if fan_in_fan_out and not all(isinstance(m, conv1d) for m in targeted):
