@@ -21,14 +21,7 @@ from dpsynth.data.demo import load_demo_dataset
 from dpsynth.evaluate import audit_resume as rs
 from dpsynth.evaluate.audit import make_audit_config, run_audit
 from dpsynth.models.tiny import save_tiny_model_folder
-
-
-def _steps_in_ledger(run: Path) -> int:
-    try:
-        ledger = json.loads((run / "privacy.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return 0
-    return sum(m["steps"] for m in ledger["mechanisms"] if m["name"] == "dp-sgd")
+from tests.train.test_resume import dpsgd_steps_in_ledger
 
 
 @pytest.mark.timeout(300)
@@ -53,7 +46,7 @@ def test_kill_minus_nine_during_the_dp_run_then_resume(tmp_path: Path) -> None:
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     try:
-        while _steps_in_ledger(dp) < 3 and time.time() < deadline and proc.poll() is None:
+        while dpsgd_steps_in_ledger(dp) < 3 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)
         assert proc.poll() is None, f"the audit ended before it could be killed: {proc.stderr.read()[-2000:]!r}"
         os.kill(proc.pid, signal.SIGKILL)
@@ -62,7 +55,7 @@ def test_kill_minus_nine_during_the_dp_run_then_resume(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
         proc.stderr.close()
-    spent_at_kill = _steps_in_ledger(dp)
+    spent_at_kill = dpsgd_steps_in_ledger(dp)
     assert (nodp / "run.json").is_file() and (nodp / rs.MEASURES_FILE).is_file()
     assert (dp / "checkpoint").is_dir() and not (dp / "run.json").exists() and not (out / "audit.json").exists()
     stamps = {p: p.stat().st_mtime_ns for p in (nodp / "run.json", nodp / "synthetic.csv", nodp / rs.MEASURES_FILE)}
@@ -75,7 +68,7 @@ def test_kill_minus_nine_during_the_dp_run_then_resume(tmp_path: Path) -> None:
     assert run_record["training"]["resumed_from_step"] in (2, 4)
     assert run_record["training"]["steps_this_session"] == 4 - spent_at_kill
     ledger = json.loads((dp / "privacy.json").read_text())
-    assert _steps_in_ledger(dp) == 4 and ledger["epsilon"] <= 4.0 + 1e-6 and ledger["unit"] == "user"
+    assert dpsgd_steps_in_ledger(dp) == 4 and ledger["epsilon"] <= 4.0 + 1e-6 and ledger["unit"] == "user"
     assert not (dp / "checkpoint").exists() and (out / "audit.json").is_file()
     dp_run = result.report["runs"][1]
     assert dp_run["training"] == "resumed" and math.isclose(dp_run["epsilon"], ledger["epsilon"])

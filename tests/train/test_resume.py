@@ -22,7 +22,8 @@ from dpsynth.data.demo import load_demo_dataset
 from dpsynth.models.tiny import save_tiny_model_folder
 
 
-def _steps_in_ledger(out: Path) -> int:
+def dpsgd_steps_in_ledger(out: Path) -> int:
+    """DP-SGD steps counted so far in `out/privacy.json` (0 before the first write); the kill tests poll it."""
     try:
         ledger = json.loads((out / "privacy.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -44,7 +45,7 @@ def test_kill_minus_nine_then_resume(tmp_path: Path) -> None:
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     try:
-        while _steps_in_ledger(out) < 24 and time.time() < deadline and proc.poll() is None:
+        while dpsgd_steps_in_ledger(out) < 24 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before it could be killed; make it longer"
         os.kill(proc.pid, signal.SIGKILL)
@@ -52,7 +53,7 @@ def test_kill_minus_nine_then_resume(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-    spent_at_kill = _steps_in_ledger(out)
+    spent_at_kill = dpsgd_steps_in_ledger(out)
     assert 24 <= spent_at_kill < planned
     assert (out / "checkpoint" / "state.pt").is_file()
     assert not (out / "synthetic.csv").exists() and not (out / "run.json").exists()
@@ -64,7 +65,7 @@ def test_kill_minus_nine_then_resume(tmp_path: Path) -> None:
     done = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     ledger = json.loads((out / "privacy.json").read_text())
-    assert _steps_in_ledger(out) == planned, "the resumed run stops when the planned budget is spent"
+    assert dpsgd_steps_in_ledger(out) == planned, "the resumed run stops when the planned budget is spent"
     assert ledger["epsilon"] <= 4.0 + 1e-6
     run_record = json.loads((out / "run.json").read_text())
     ckpt_step = run_record["training"]["resumed_from_step"]
