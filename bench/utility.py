@@ -137,6 +137,11 @@ def _counts(series: Any) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------- one synthetic run per ε
+def _given(cfg: UtilityBenchConfig, *names: str) -> dict[str, Any]:
+    """The named settings the user gave (not None); the others keep the pipeline's defaults."""
+    return {n: getattr(cfg, n) for n in names if getattr(cfg, n) is not None}
+
+
 def run_pipeline(cfg: UtilityBenchConfig, eps: float, train_csv: Path, model: str | None, console: Any
                  ) -> dict[str, Any]:
     """`dpsynth.run` on the private train part at one ε; returns the run's settings, privacy and timings."""
@@ -145,10 +150,7 @@ def run_pipeline(cfg: UtilityBenchConfig, eps: float, train_csv: Path, model: st
     run_dir = cfg.runs_dir / f"eps_{epsilon_tag(eps)}"
     config = dpsynth.RunConfig(
         data=train_csv, text_column=TEXT_COLUMN, label_columns=list(LABEL_COLUMNS), out=run_dir, overwrite=True,
-        model=model, finetune=cfg.finetune, epsilon=eps,
-        **({"lora_rank": cfg.lora_rank} if cfg.lora_rank else {}),
-        **({"lora_targets": cfg.lora_targets} if cfg.lora_targets else {}),
-        **({"loss_on_prefix": cfg.loss_on_prefix} if cfg.loss_on_prefix is not None else {}),
+        model=model, finetune=cfg.finetune, epsilon=eps, **_given(cfg, "lora_rank", "lora_targets", "loss_on_prefix"),
         epochs=cfg.epochs, batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate, physical_batch_size=cfg.physical_batch_size, max_tokens=cfg.max_tokens,
         max_new_tokens=cfg.max_new_tokens, num_samples=cfg.num_samples or cfg.train_records,

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dpsynth.config import split_comma_list
 from dpsynth.errors import DpsynthError
 from dpsynth.evaluate.canaries import FORMATS, REPETITIONS, _common_prefix
 from dpsynth.train.loss import IGNORE_INDEX, per_example_lm_loss
@@ -125,9 +126,7 @@ class AuditConfig(BaseModel):
     @field_validator("label_columns", "formats", "lora_targets", mode="before")
     @classmethod
     def _split_words(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            return [c.strip() for c in v.split(",") if c.strip()]
-        return v
+        return split_comma_list(v)
 
     @field_validator("epsilons", "repetitions", mode="before")
     @classmethod
