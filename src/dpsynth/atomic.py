@@ -16,13 +16,16 @@ from typing import Any
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any, *, allow_nan: bool = True,
-                      default: Callable[[Any], Any] | None = None) -> Path:
+                      default: Callable[[Any], Any] | None = None, ensure_ascii: bool = False,
+                      indent: int | None = 2) -> Path:
+    """`ensure_ascii=True` escapes every non-ASCII character, so any Python string (lone surrogates too)
+    round-trips exactly; the default writes readable UTF-8."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, ensure_ascii=False, allow_nan=allow_nan, default=default)
+            json.dump(data, fh, indent=indent, ensure_ascii=ensure_ascii, allow_nan=allow_nan, default=default)
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())

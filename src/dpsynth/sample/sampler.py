@@ -457,8 +457,7 @@ def _sample_sharded(
                 start, stop = bounds[c]
                 texts_of[c] = generate(c, [encoded[p] for p in prompts[start:stop]],
                                        (lambda n: bar.advance(task, n)) if bar is not None else None)
-                write_part(parts, c, fingerprint=fingerprint, start=start, stop=stop, texts=texts_of[c],
-                           rank=ctx.rank)
+                write_part(parts, c, fingerprint=fingerprint, start=start, stop=stop, texts=texts_of[c])
         except Exception as e:  # reported to rank 0 below, so that no rank waits for one that gave up
             own_failure = e
         finally:

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from dpsynth.atomic import write_json_atomic
 from dpsynth.errors import DpsynthError
 from dpsynth.train.distributed import DistContext
 
@@ -34,18 +35,11 @@ def _part_path(parts: Path, chunk: int) -> Path:
     return parts / f"chunk-{chunk:06d}.json"
 
 
-def write_part(parts: Path, chunk: int, *, fingerprint: str, start: int, stop: int, texts: list[str],
-               rank: int = 0) -> None:
+def write_part(parts: Path, chunk: int, *, fingerprint: str, start: int, stop: int, texts: list[str]) -> None:
     """Commit one chunk's generated texts (before post-processing) atomically: a kill leaves it whole or absent."""
-    parts.mkdir(parents=True, exist_ok=True)
-    final = _part_path(parts, chunk)
-    tmp = final.with_name(f".{final.name}.{rank}.tmp")
     payload = {"fingerprint": fingerprint, "chunk": chunk, "start": start, "stop": stop, "texts": texts}
-    with tmp.open("wb") as f:
-        f.write(json.dumps(payload).encode())  # ASCII escapes: any Python string round-trips exactly
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    # ASCII escapes: any Python string round-trips exactly
+    write_json_atomic(_part_path(parts, chunk), payload, ensure_ascii=True, indent=None)
     try:  # make the rename itself durable
         fd = os.open(parts, os.O_RDONLY)
         try:
