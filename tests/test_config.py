@@ -55,3 +55,62 @@ def test_default_batch_uses_only_n() -> None:
     assert cfg.resolved_batch_size(100_000) == 256
     assert cfg.resolved_batch_size(800) == 100
     assert RunConfig(data="a", out="o", epsilon="inf").resolved_batch_size(800) == 32
+
+
+# ------------------------------------------------------------------ settings `dpsynth audit` passes to `dpsynth run`
+
+# A valid value other than the default for every run setting: a setting added to RUN_SETTINGS needs one here.
+_NOT_DEFAULT = {
+    "text_column": "body", "label_columns": ["a", "b"], "user_column": "user", "max_records_per_user": 3,
+    "drop_empty": True, "max_tokens": 64, "loss_on_prefix": True, "model": "some/model", "finetune": "full",
+    "lora_rank": 4, "lora_targets": ["q_proj"], "delta": 1e-6, "clip_norm": 0.5, "label_distribution": "uniform",
+    "epochs": 1.5, "batch_size": 16, "physical_batch_size": 2, "learning_rate": 1e-3, "checkpoint_every": 5,
+    "num_samples": 7, "max_new_tokens": 32, "sample_batch_size": 8, "seed": 3, "device": "cpu", "precision": "fp32",
+}
+
+
+def test_audit_declares_every_run_setting_exactly_as_run_does() -> None:
+    """One definition: a run setting missing from AuditConfig, or with another type, default, bound or help text
+    there, fails here."""
+    from dpsynth.config import RUN_SETTINGS
+    from dpsynth.evaluate.audit import AuditConfig
+
+    run_fields, audit_fields = RunConfig.model_fields, AuditConfig.model_fields
+    for name in (*RUN_SETTINGS, "data"):
+        assert name in audit_fields, f"`dpsynth audit` does not accept the run setting --{name.replace('_', '-')}"
+        r, a = run_fields[name], audit_fields[name]
+        assert a.annotation == r.annotation, name
+        assert a.is_required() == r.is_required(), name
+        assert a.get_default(call_default_factory=True) == r.get_default(call_default_factory=True), name
+        assert a.metadata == r.metadata, name  # bounds (ge, gt, le, lt)
+        assert a.description.startswith(r.description), name  # the audit may only add a sentence
+    # A field named like a run field that is not passed through would silently be ignored by every run; only the
+    # audit's own folder options may share a name without sharing the meaning.
+    own = {"out", "overwrite", "resume"}
+    assert set(audit_fields) & set(run_fields) == {*RUN_SETTINGS, "data"} | own
+    assert "audit" not in run_fields["seed"].description  # the audit's notes stay in the audit's help
+
+
+def test_audit_passes_every_run_setting_to_its_runs(tmp_path: Path) -> None:
+    from dpsynth.config import RUN_SETTINGS
+    from dpsynth.evaluate.audit import AuditConfig, _run_config
+
+    assert set(_NOT_DEFAULT) == set(RUN_SETTINGS)
+    defaults = RunConfig(data="a", out="o")
+    assert all(getattr(defaults, k) != v for k, v in _NOT_DEFAULT.items())
+    cfg = AuditConfig(data=tmp_path / "mine.csv", out=tmp_path / "audit", resume=True, **_NOT_DEFAULT)
+    run = _run_config(cfg, tmp_path / "train.csv", tmp_path / "audit" / "eps-2", 2.0)
+    assert run.model_dump(include=set(RUN_SETTINGS)) == _NOT_DEFAULT
+    assert (run.data, run.out, run.epsilon) == (tmp_path / "train.csv", tmp_path / "audit" / "eps-2", 2.0)
+    assert not run.resume and not run.overwrite  # the audit decides those per run
+
+
+def test_one_column_cannot_play_two_roles() -> None:
+    from dpsynth.evaluate.audit import make_audit_config
+
+    for bad, needle in [({"label_columns": "a,a"}, "listed twice"), ({"user_column": "a", "label_columns": "a"},
+                                                                      "user column must differ")]:
+        with pytest.raises(DpsynthError, match=needle):
+            config_from_sources(None, {"data": "d", "out": "o"} | bad)
+        with pytest.raises(DpsynthError, match=needle):
+            make_audit_config(data="d", out="o", **bad)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from dpsynth.errors import DpsynthError
 
@@ -29,11 +30,14 @@ def split_comma_list(value: Any) -> Any:
     return value
 
 
-def check_text_and_labels(text_column: str, label_columns: list[str]) -> None:
+def check_text_and_labels(text_column: str, label_columns: list[str], user_column: str | None = None) -> None:
+    """The text, label and user columns must be distinct: one column cannot play two roles."""
     if text_column in label_columns:
         raise ValueError(f"the text column '{text_column}' cannot also be a label column")
     if len(set(label_columns)) != len(label_columns):
         raise ValueError("a label column is listed twice")
+    if user_column and (user_column == text_column or user_column in label_columns):
+        raise ValueError("the user column must differ from the text and label columns")
 
 
 class RunConfig(BaseModel):
@@ -76,7 +80,8 @@ class RunConfig(BaseModel):
         0.05, gt=0, lt=1, description="Share of ε spent on the DP label histogram used for sampling.")
     label_distribution: str = Field(
         "dp", description="'dp' (noisy histogram, paid from ε), 'uniform', or a public CSV/JSON of label weights.")
-    secure_rng: bool = Field(False, description="Draw DP noise from a cryptographically seeded generator.")
+    secure_rng: bool = Field(False, description="Draw DP noise from a cryptographically seeded generator instead "
+                                                "of one seeded by --seed.")
 
     # --- training
     epochs: float | None = Field(None, gt=0, description="Passes over the data; default 4 with DP, 2 without.")
@@ -84,10 +89,12 @@ class RunConfig(BaseModel):
     physical_batch_size: int = Field(8, ge=1, description="Examples per forward pass (memory, not privacy).")
     learning_rate: float | None = Field(None, gt=0, description="AdamW learning rate; default by --finetune.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
-    checkpoint_every: int = Field(20, ge=1, description="Checkpoint every this many logical steps.")
+    checkpoint_every: int = Field(20, ge=1, description="Checkpoint every this many logical steps (what --resume "
+                                                        "continues from).")
 
     # --- sampling
-    num_samples: int | None = Field(None, ge=1, description="Synthetic records to write; default as many as input.")
+    num_samples: int | None = Field(None, ge=1, description="Synthetic records to write; default one per training "
+                                                            "record (one per user with --user-column).")
     top_k: int = Field(50, ge=0, description="Top-k sampling (0 disables).")
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
@@ -97,7 +104,7 @@ class RunConfig(BaseModel):
     drop_duplicates: bool = Field(False, description="Remove exact duplicate synthetic texts (free post-processing).")
 
     # --- execution
-    seed: int = Field(0, description="Seed for sampling, initialisation and (without --secure-rng) the DP noise.")
+    seed: int = Field(0, description="Seed for sampling, initialisation and the DP noise.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train and sample.")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast on GPU by default.")
 
@@ -113,9 +120,7 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
-        check_text_and_labels(self.text_column, self.label_columns)
-        if self.user_column and (self.user_column == self.text_column or self.user_column in self.label_columns):
-            raise ValueError("the user column must differ from the text and label columns")
+        check_text_and_labels(self.text_column, self.label_columns, self.user_column)
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite contradict each other; pick one")
         return self
@@ -146,6 +151,27 @@ class RunConfig(BaseModel):
 
     def resolved_max_new_tokens(self) -> int:
         return self.max_new_tokens or self.max_tokens
+
+
+# The run settings `dpsynth audit` takes from its user and passes unchanged to every `dpsynth run` it starts.
+# RunConfig holds their one definition; a config that passes them on declares each with `run_setting`, so defaults,
+# bounds and help texts cannot drift apart (tests/test_config.py checks AuditConfig declares all of them).
+RUN_SETTINGS: tuple[str, ...] = (
+    "text_column", "label_columns", "user_column", "max_records_per_user", "drop_empty", "max_tokens", "loss_on_prefix",
+    "model", "finetune", "lora_rank", "lora_targets", "delta", "clip_norm", "label_distribution", "epochs",
+    "batch_size", "physical_batch_size", "learning_rate", "checkpoint_every", "num_samples", "max_new_tokens",
+    "sample_batch_size", "seed", "device", "precision",
+)
+
+
+def run_setting(name: str, note: str = "") -> Any:
+    """RunConfig's field `name` (default, bounds, help text) for another config's field of the same name and type.
+
+    Why: a setting passed on to `dpsynth run` must accept and default exactly as `dpsynth run` does. `note` appends
+    a sentence to the help text for what the setting also does in the other command.
+    """
+    fld = RunConfig.model_fields[name]
+    return FieldInfo.merge_field_infos(fld, description=f"{fld.description} {note}" if note else fld.description)
 
 
 def config_from_sources(toml_path: Path | None, overrides: dict[str, Any]) -> RunConfig:

@@ -40,7 +40,14 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from dpsynth.config import split_comma_list
+from dpsynth.config import (
+    RUN_SETTINGS,
+    RunConfig,
+    check_text_and_labels,
+    describe_validation_error,
+    run_setting,
+    split_comma_list,
+)
 from dpsynth.errors import DpsynthError
 from dpsynth.evaluate.canaries import FORMATS, REPETITIONS, _common_prefix
 from dpsynth.train.loss import IGNORE_INDEX, per_example_lm_loss
@@ -54,19 +61,22 @@ _CANDIDATES_GPU, _CANDIDATES_CPU = 10_000, 1_000
 
 
 class AuditConfig(BaseModel):
-    """Everything `dpsynth audit` needs. Field docs double as `--help` texts."""
+    """Everything `dpsynth audit` needs. Field docs double as `--help` texts.
+
+    The settings it passes on to `dpsynth run` (`config.RUN_SETTINGS`) take RunConfig's definitions through
+    `run_setting`: same defaults, bounds and help texts, only their types are written again here.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # --- data and output
-    data: Path = Field(description="Private dataset (CSV, JSONL or Parquet), as for `dpsynth run`.")
-    text_column: str = Field("text", description="Column holding the text.")
-    label_columns: list[str] = Field(default_factory=list, description="Label columns written as control codes.")
-    user_column: str | None = Field(None, description="Column identifying users: user-level DP. Each canary is then "
-                                                      "one new user, and membership inference holds out users.")
-    max_records_per_user: int = Field(8, ge=1, description="With --user-column: training keeps at most this many "
-                                                           "records per user (so of a canary's copies too).")
-    drop_empty: bool = Field(False, description="Drop records whose text is empty instead of refusing the file.")
+    data: Path = run_setting("data")
+    text_column: str = run_setting("text_column")
+    label_columns: list[str] = run_setting("label_columns")
+    user_column: str | None = run_setting("user_column", "Each canary is then one new user, and membership "
+                                                          "inference holds out users.")
+    max_records_per_user: int = run_setting("max_records_per_user", "This caps the trained copies of a canary too.")
+    drop_empty: bool = run_setting("drop_empty")
     out: Path = Field(description="Audit folder: data/ (PRIVATE: your records plus canaries), eps-<ε>/ runs, "
                                   "audit.json.")
     overwrite: bool = Field(False, description="Replace an earlier audit in --out.")
@@ -98,30 +108,26 @@ class AuditConfig(BaseModel):
                                                                  "Default: 512 on a GPU, 64 on CPU.")
 
     # --- passed to every `dpsynth run`
-    model: str | None = Field(None, description="Local Hugging Face folder or hub name; default: bundled SmolLM2.")
-    finetune: Literal["lora", "full"] = Field("lora", description="Train LoRA adapters or all weights.")
-    lora_rank: int = Field(8, ge=1, description="LoRA rank.")
-    lora_targets: list[str] = Field(
-        default_factory=list,
-        description="Projection names to adapt (e.g. q_proj,v_proj); default every projection in the blocks.")
-    loss_on_prefix: bool = Field(False, description="Also train on the control-code tokens.")
-    delta: float | None = Field(None, gt=0, lt=1, description="Target δ; default 1/(N·ln N).")
-    clip_norm: float = Field(1.0, gt=0, description="Per-example gradient clipping bound C.")
-    epochs: float | None = Field(None, gt=0, description="Passes over the data; default 4 with DP, 2 without.")
-    batch_size: int | None = Field(None, ge=1, description="Expected logical batch size q·N; default by N.")
-    physical_batch_size: int = Field(8, ge=1, description="Examples per forward pass (memory, not privacy).")
-    checkpoint_every: int = Field(20, ge=1, description="Checkpoint every this many logical steps (what --resume "
-                                                        "continues from).")
-    learning_rate: float | None = Field(None, gt=0, description="AdamW learning rate; default by --finetune.")
-    max_tokens: int = Field(128, ge=8, le=4096, description="Fixed (public) training length in tokens.")
-    num_samples: int | None = Field(None, ge=1, description="Synthetic records per run; default as many as the "
-                                                            "training records.")
-    max_new_tokens: int | None = Field(None, ge=1, description="Tokens per synthetic record; default --max-tokens.")
-    sample_batch_size: int = Field(64, ge=1, description="Prompts per generation batch.")
-    label_distribution: str = Field("dp", description="'dp', 'uniform', or a public CSV/JSON of label weights.")
-    seed: int = Field(0, description="Seed for the split, the canaries, training and sampling.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train, sample and score.")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast on GPU by default.")
+    model: str | None = run_setting("model")
+    finetune: Literal["lora", "full"] = run_setting("finetune")
+    lora_rank: int = run_setting("lora_rank")
+    lora_targets: list[str] = run_setting("lora_targets")
+    loss_on_prefix: bool = run_setting("loss_on_prefix")
+    delta: float | None = run_setting("delta")
+    clip_norm: float = run_setting("clip_norm")
+    epochs: float | None = run_setting("epochs")
+    batch_size: int | None = run_setting("batch_size")
+    physical_batch_size: int = run_setting("physical_batch_size")
+    checkpoint_every: int = run_setting("checkpoint_every")
+    learning_rate: float | None = run_setting("learning_rate")
+    max_tokens: int = run_setting("max_tokens")
+    num_samples: int | None = run_setting("num_samples", "The audit writes this many per ε run.")
+    max_new_tokens: int | None = run_setting("max_new_tokens")
+    sample_batch_size: int = run_setting("sample_batch_size")
+    label_distribution: str = run_setting("label_distribution")
+    seed: int = run_setting("seed", "The audit also draws its held-out split and its canaries from it.")
+    device: Literal["auto", "cpu", "cuda"] = run_setting("device", "The audit scores the canaries there too.")
+    precision: Literal["auto", "fp32", "bf16"] = run_setting("precision")
 
     @field_validator("label_columns", "formats", "lora_targets", mode="before")
     @classmethod
@@ -139,10 +145,7 @@ class AuditConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> AuditConfig:
-        if self.text_column in self.label_columns:
-            raise ValueError(f"the text column '{self.text_column}' cannot also be a label column")
-        if self.user_column and (self.user_column == self.text_column or self.user_column in self.label_columns):
-            raise ValueError("the user column must differ from the text and label columns")
+        check_text_and_labels(self.text_column, self.label_columns, self.user_column)
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite contradict each other; pick one")
         if not self.epsilons:
@@ -168,8 +171,6 @@ class AuditConfig(BaseModel):
 
 def make_audit_config(**values: Any) -> AuditConfig:
     """Build an AuditConfig from CLI-style values (None = not given), as one-sentence `DpsynthError`s on failure."""
-    from dpsynth.config import describe_validation_error
-
     try:
         return AuditConfig(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
@@ -463,19 +464,11 @@ def _clear_out(out: Path) -> None:
             shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
-def _run_config(cfg: AuditConfig, data: Path, out: Path, eps: float) -> Any:
-    from dpsynth.config import RunConfig
-
-    passed = ("model", "finetune", "lora_rank", "lora_targets", "loss_on_prefix", "delta", "clip_norm", "epochs",
-              "batch_size", "physical_batch_size", "learning_rate", "max_tokens", "num_samples", "max_new_tokens",
-              "sample_batch_size", "label_distribution", "seed", "device", "precision", "drop_empty", "user_column",
-              "max_records_per_user", "checkpoint_every")
+def _run_config(cfg: AuditConfig, data: Path, out: Path, eps: float) -> RunConfig:
+    """The `dpsynth run` of one ε: the audit's run settings as they are, on the canaried training file."""
     try:
-        return RunConfig(data=data, out=out, text_column=cfg.text_column, label_columns=list(cfg.label_columns),
-                         epsilon=eps, **{k: getattr(cfg, k) for k in passed})
+        return RunConfig(data=data, out=out, epsilon=eps, **cfg.model_dump(include=set(RUN_SETTINGS)))
     except ValidationError as exc:
-        from dpsynth.config import describe_validation_error
-
         raise DpsynthError(describe_validation_error(exc)) from None
 
 
