@@ -170,6 +170,44 @@ def test_ghost_and_instantiation_agree() -> None:
     engine.detach()
 
 
+def test_all_ghost_layers_share_input_grams_correctly() -> None:
+    """Every linear layer on the ghost path: q/k/v (and gate/up) share one input's Gram matrix, while o_proj reads a
+    different tensor of the same shape — a cache keyed on anything less than the tensor itself would mix them up."""
+    from dpsynth.privacy.layers import GramCache, LinearHandler
+
+    model = tiny_llama(tied=False)
+    batch = make_batch()
+    ref_norms, ref = brute_force(model, batch, 0.05)
+    engine = ClippingEngine(model, 0.05).attach()
+    linear = [h for h in engine.handlers if isinstance(h, LinearHandler)]
+    for h in linear:
+        h.force_ghost = h.ghost = True
+    built = []
+    original = GramCache.gram
+
+    def counting(self: GramCache, key: tuple, make) -> torch.Tensor:  # noqa: ANN001
+        if key not in self._cache:
+            built.append(key)
+        return original(self, key, make)
+
+    GramCache.gram = counting
+    try:
+        b, t = batch["input_ids"].shape
+        with engine.microbatch(b, t):
+            losses = per_example_lm_loss(model(input_ids=batch["input_ids"],
+                                               attention_mask=batch["attention_mask"]).logits, batch["labels"])
+        norms = engine.backward(losses)
+    finally:
+        GramCache.gram = original
+    # per block: the q/k/v input, o's input, the gate/up input, down's input; plus the LM head's input
+    assert len(built) == 4 * 2 + 1 < len(linear)
+    torch.testing.assert_close(norms.double(), ref_norms, rtol=2e-4, atol=1e-6)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for p in engine.params:
+        torch.testing.assert_close(engine.clipped_sum(p).double(), ref[names[id(p)]], rtol=2e-4, atol=2e-6)
+    engine.detach()
+
+
 def test_micro_batches_accumulate_to_the_same_sum() -> None:
     """Splitting a logical batch into micro-batches must give the same clipped sum (accumulation in one step)."""
     model = tiny_llama()

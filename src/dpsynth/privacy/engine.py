@@ -28,6 +28,7 @@ from torch import nn
 
 from dpsynth.privacy.layers import (
     EmbeddingHandler,
+    GramCache,
     Grouping,
     LayerHandler,
     LinearHandler,
@@ -186,8 +187,10 @@ class ClippingEngine:
         grouping = Grouping(b, None if groups is None else groups.to(per_example_loss.device))
         per_example_loss.sum().backward()
         norm_sq = torch.zeros(grouping.num_units, dtype=torch.float32, device=per_example_loss.device)
+        grams = GramCache()
         for h in self.handlers:
-            norm_sq += h.norm_sq(grouping).to(norm_sq.device)
+            norm_sq += h.norm_sq(grouping, grams).to(norm_sq.device)
+        del grams
         for cross in self.cross_terms:
             norm_sq += cross.norm_sq(grouping).to(norm_sq.device)
         norms = norm_sq.clamp_min(0).sqrt()

@@ -99,8 +99,8 @@ class LayerHandler:
     def on_grad(self, record: _Record) -> None:
         """Called from the backward hook once the record's output gradient is known."""
 
-    def norm_sq(self, grouping: Grouping) -> torch.Tensor:
-        """Squared gradient norm of each privacy unit, shape (U,)."""
+    def norm_sq(self, grouping: Grouping, grams: GramCache | None = None) -> torch.Tensor:
+        """Squared gradient norm of each privacy unit, shape (U,). `grams` shares Gram matrices between layers."""
         raise NotImplementedError
 
     def add_clipped(self, clip: torch.Tensor, sums: dict[nn.Parameter, torch.Tensor]) -> None:
@@ -120,6 +120,28 @@ def _flat3(x: torch.Tensor) -> torch.Tensor:
 def _gram(x: torch.Tensor) -> torch.Tensor:
     x = x.to(_FP)
     return torch.bmm(x, x.transpose(1, 2))
+
+
+class GramCache:
+    """Gram matrices a·aᵀ of layer inputs for one backward pass, shared by layers reading the same tensor.
+
+    q/k/v projections (and gate/up in a gated MLP) all read one normalised hidden state: without the cache its
+    B×T×T Gram matrix would be computed three (two) times. Keys are (storage pointer, shape, strides, dtype) of the
+    inputs; every input stays alive until the clip factors are known, so a key cannot be reused by another tensor
+    within the pass.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    @staticmethod
+    def key(tensors: list[torch.Tensor]) -> tuple:
+        return tuple((t.data_ptr(), tuple(t.shape), t.stride(), t.dtype) for t in tensors)
+
+    def gram(self, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if key not in self._cache:
+            self._cache[key] = _gram(make())
+        return self._cache[key]
 
 
 def _accumulate(sums: dict[nn.Parameter, torch.Tensor], param: nn.Parameter, value: torch.Tensor) -> None:
@@ -190,14 +212,19 @@ class LinearHandler(LayerHandler):
     def _has_ghost_data(self) -> bool:
         return any(r.grad_output is not None for r in self.records)
 
-    def norm_sq(self, grouping: Grouping) -> torch.Tensor:
+    def norm_sq(self, grouping: Grouping, grams: GramCache | None = None) -> torch.Tensor:
         out = torch.zeros(grouping.num_units, dtype=_FP, device=self.module.weight.device)
         if self.weight is not None:
             if self.ghost:
                 if self._has_ghost_data():
                     a, g = self._ghost_tensors()
-                    a, g = grouping.concat_positions(a), grouping.concat_positions(g)
-                    out += (_gram(a) * _gram(g)).sum((1, 2))
+                    g = grouping.concat_positions(g)
+                    if grams is None:
+                        gram_a = _gram(grouping.concat_positions(a))
+                    else:
+                        key = GramCache.key([r.inputs for r in self.records if r.grad_output is not None])
+                        gram_a = grams.gram(key, lambda: grouping.concat_positions(a))
+                    out += (gram_a * _gram(g)).sum((1, 2))
             elif self._per_example is not None:
                 out += grouping.sum_rows(self._per_example).pow(2).sum((1, 2))
         if self._bias_per_example is not None:
@@ -250,7 +277,7 @@ class EmbeddingHandler(LayerHandler):
             g = g * (ids != pad).unsqueeze(-1).to(_FP)
         return ids, g
 
-    def norm_sq(self, grouping: Grouping) -> torch.Tensor:
+    def norm_sq(self, grouping: Grouping, grams: GramCache | None = None) -> torch.Tensor:
         if not any(r.grad_output is not None for r in self.records):
             return torch.zeros(grouping.num_units, dtype=_FP, device=self.weight.device)
         ids, g = self.ids_and_grads()
@@ -314,43 +341,42 @@ class NormHandler(LayerHandler):
         super().reset()
         self._per_example = None
 
-    def _compute(self) -> dict[str, torch.Tensor]:
-        if self._per_example is not None:
-            return self._per_example
+    def on_grad(self, record: _Record) -> None:
+        """Instantiate this call's per-example gradients (B×d) right away and drop its B×T×d input and output
+        gradient: holding them for 60 norm layers until the clip factors are known would cost more memory than
+        the per-example gradients themselves."""
         from torch.func import functional_call, vjp, vmap
 
         names = list(self.params)
         frozen = {n: p for n, p in self.module.named_parameters(recurse=False) if n not in self.params}
         frozen.update(dict(self.module.named_buffers(recurse=False)))
-        total: dict[str, torch.Tensor] = {}
+
+        def one(x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            def f(*ps: torch.Tensor) -> torch.Tensor:
+                state = {**dict(zip(names, ps, strict=True)), **frozen}
+                return functional_call(self.module, state, (x.unsqueeze(0),))
+
+            _, pullback = vjp(f, *(self.params[n].detach() for n in names))
+            return pullback(g.unsqueeze(0).to(x.dtype))
+
         with self._suspend_hooks(), torch.enable_grad():
-            for rec in self.records:
-                if rec.grad_output is None:
-                    continue
-
-                def one(x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, ...]:
-                    def f(*ps: torch.Tensor) -> torch.Tensor:
-                        state = {**dict(zip(names, ps, strict=True)), **frozen}
-                        return functional_call(self.module, state, (x.unsqueeze(0),))
-
-                    _, pullback = vjp(f, *(self.params[n].detach() for n in names))
-                    return pullback(g.unsqueeze(0).to(x.dtype))
-
-                grads = vmap(one)(rec.inputs.detach(), rec.grad_output)
-                for n, gr in zip(names, grads, strict=True):
-                    gr = gr.to(_FP)
-                    total[n] = gr if n not in total else total[n] + gr
+            grads = vmap(one)(record.inputs.detach(), record.grad_output)
+        total = self._per_example if self._per_example is not None else {}
+        for n, gr in zip(names, grads, strict=True):
+            gr = gr.to(_FP)
+            total[n] = gr if n not in total else total[n] + gr
         self._per_example = total
-        return total
+        record.inputs = None  # type: ignore[assignment]
+        record.grad_output = None
 
-    def norm_sq(self, grouping: Grouping) -> torch.Tensor:
+    def norm_sq(self, grouping: Grouping, grams: GramCache | None = None) -> torch.Tensor:
         out = torch.zeros(grouping.num_units, dtype=_FP, device=next(iter(self.params.values())).device)
-        for gr in self._compute().values():
+        for gr in (self._per_example or {}).values():
             out += grouping.sum_rows(gr).reshape(grouping.num_units, -1).pow(2).sum(1)
         return out
 
     def add_clipped(self, clip: torch.Tensor, sums: dict[nn.Parameter, torch.Tensor]) -> None:
-        for n, gr in self._compute().items():
+        for n, gr in (self._per_example or {}).items():
             _accumulate(sums, self.params[n], torch.einsum("b,b...->...", clip, gr))
 
 
