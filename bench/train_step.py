@@ -11,11 +11,16 @@ Run (repository root):
     python bench/train_step.py --device cuda --precision bf16 --model gpt2-small --batch 32 --steps 8 --warmup 3
 
 Methods (per mode):
-- nonprivate: mean loss, plain backward.            - dpsynth: ClippingEngine, one micro-batch = one logical step.
+- nonprivate: mean loss, plain backward.            - dpsynth: ClippingEngine, noise once per logical step.
 - opacus_hooks / opacus_ghost: PrivacyEngine.make_private(grad_sample_mode="hooks" | "ghost").
 - *_frozen_emb (full mode only): token and position embeddings frozen (for a tied LM head that freezes the head too),
   the setting in which Opacus runs at all on these models — so dpsynth_frozen_emb vs opacus_* is like for like.
 Modes: full (every weight trainable, embeddings included) and lora (peft LoRA r=8 on all attention and MLP projections).
+
+A logical step is one micro-batch of `--batch` examples by default. Real DP training accumulates many micro-batches
+into one logical step (the demo's N/8 batch is ≈30 micro-batches of 8) and draws the noise once per logical step;
+`--accumulate K` times logical steps of K micro-batches (non-private: K backward passes, one optimizer step), the
+setting users run. Opacus is not wired for accumulation here and is skipped when K > 1.
 
 Memory figures:
 - peak_mem_bytes: peak memory of weights + everything the training steps need (gradients, optimizer state,
@@ -91,6 +96,7 @@ class BenchConfig:
     child_timeout_s: float = 3600.0
     threads: int | None = None  # torch intra-op threads (None: torch's default); 1 is steadier on a shared CPU
     repeats: int = 1  # rounds over all (mode, method); the lowest median is kept (robust to a busy shared machine)
+    accumulate: int = 1  # micro-batches per logical step (noise and optimizer step once per logical step)
     profile_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -101,8 +107,10 @@ class BenchConfig:
             raise ValueError(f"unknown mode/method {bad}; modes: {MODES}, methods: {METHODS}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError("precision must be fp32 or bf16")
-        if min(self.batch, self.seq_len, self.steps, self.repeats) < 1 or self.warmup < 0:
-            raise ValueError("batch, seq-len, steps and repeats must be ≥ 1, warmup ≥ 0")
+        if min(self.batch, self.seq_len, self.steps, self.repeats, self.accumulate) < 1 or self.warmup < 0:
+            raise ValueError("batch, seq-len, steps, repeats and accumulate must be ≥ 1, warmup ≥ 0")
+        if self.accumulate > 1:
+            self.methods = tuple(m for m in self.methods if not m.startswith("opacus"))
 
     def use_subprocess(self) -> bool:
         if self.isolate == "auto":
@@ -258,17 +266,19 @@ def prepare(cfg: BenchConfig, mode: str, method: str, device: torch.device) -> t
     batch = make_batch(cfg, vocab_size(model), device)
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     b, t = ids.shape
+    k = cfg.accumulate
     amp = _autocast(cfg, device)
 
     if method.startswith("nonprivate"):
         opt = _adamw(params, cfg)
 
         def step(laps: Laps) -> None:
-            with amp:
-                loss = per_example_lm_loss(model(input_ids=ids, attention_mask=mask).logits, labels).mean()
-            laps.lap("forward")
-            loss.backward()
-            laps.lap("backward")
+            for _ in range(k):
+                with amp:
+                    loss = per_example_lm_loss(model(input_ids=ids, attention_mask=mask).logits, labels).mean() / k
+                laps.lap("forward")
+                loss.backward()
+                laps.lap("backward")
             opt.step()
             opt.zero_grad(set_to_none=True)
             laps.lap("optimizer")
@@ -284,12 +294,13 @@ def prepare(cfg: BenchConfig, mode: str, method: str, device: torch.device) -> t
         info["dpsynth_layers"] = dict(Counter(engine.describe().values()))
 
         def step(laps: Laps) -> None:
-            with engine.microbatch(b, t), amp:
-                losses = per_example_lm_loss(model(input_ids=ids, attention_mask=mask).logits, labels)
-            laps.lap("forward")
-            engine.backward(losses)
-            laps.lap("backward")  # includes per-example norms and the clipped sum
-            engine.noisy_average(noise, cfg.noise_multiplier, float(b))
+            for _ in range(k):
+                with engine.microbatch(b, t), amp:
+                    losses = per_example_lm_loss(model(input_ids=ids, attention_mask=mask).logits, labels)
+                laps.lap("forward")
+                engine.backward(losses)
+                laps.lap("backward")  # includes per-example norms and the clipped sum
+            engine.noisy_average(noise, cfg.noise_multiplier, float(b * k))
             laps.lap("noise")
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -443,7 +454,7 @@ def measure(cfg: BenchConfig, mode: str, method: str, *, fresh_process: bool = F
         "time_s": median,
         "times_s": times,
         "phases_s": {k: statistics.median(v) for k, v in phases.items()},
-        "tokens_per_s": cfg.batch * cfg.seq_len / median,
+        "tokens_per_s": cfg.batch * cfg.accumulate * cfg.seq_len / median,
         "peak_mem_bytes": peak_mem,
         "step_mem_bytes": step_mem,
         "updated_fraction": updated,
@@ -625,6 +636,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="auto: one child process per (mode, method) on CPU (clean peak RSS), in-process on CUDA")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice); 1 gives steadier ratios on a busy shared CPU")
+    p.add_argument("--accumulate", type=int, default=1,
+                   help="micro-batches of --batch examples per logical step (noise and optimizer step once per "
+                        "logical step, as in real training); Opacus is skipped when > 1")
     p.add_argument("--repeats", type=int, default=1,
                    help="rounds over all methods, interleaved; per method the round with the lowest median is kept")
     p.add_argument("--child-timeout", type=float, default=3600.0, help="seconds before a child run is abandoned")
@@ -652,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
         model=args.model, device=args.device, precision=args.precision, batch=args.batch, seq_len=args.seq_len,
         steps=args.steps, warmup=args.warmup, modes=_split(args.modes), methods=_split(args.methods),
         clip_norm=args.clip_norm, noise_multiplier=args.noise_multiplier, lora_r=args.lora_r, seed=args.seed,
-        isolate=args.isolate, child_timeout_s=args.child_timeout, repeats=args.repeats,
+        isolate=args.isolate, child_timeout_s=args.child_timeout, repeats=args.repeats, accumulate=args.accumulate,
         threads=args.threads,
         profile_dir=str(args.out.resolve().parent) if args.profile else None,
     )

@@ -73,3 +73,17 @@ def test_table_renders(report: tuple[dict, Path], capsys: pytest.CaptureFixture[
     render_table(report[0])
     text = capsys.readouterr().out
     assert "dpsynth_frozen_emb" in text and "nonprivate" in text
+
+
+def test_accumulated_logical_step_counts_every_micro_batch(tmp_path: Path) -> None:
+    """`accumulate=K`: K forward/backward passes per logical step, noise and optimizer once; Opacus skipped."""
+    cfg = BenchConfig(model="tiny", batch=2, seq_len=8, steps=1, warmup=0, modes=("lora",),
+                      methods=("nonprivate", "dpsynth", "opacus_hooks"), isolate="inprocess", accumulate=3)
+    assert cfg.methods == ("nonprivate", "dpsynth")
+    result = run_benchmark(cfg, tmp_path / "acc.json")
+    for r in result["modes"]["lora"]["methods"].values():
+        assert "error" not in r, r.get("error")
+        assert r["tokens_per_s"] == pytest.approx(3 * 2 * 8 / r["time_s"])
+        assert r["updated_fraction"] == 1.0
+    with pytest.raises(ValueError, match="accumulate"):
+        BenchConfig(accumulate=0)
