@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from dpsynth.privacy.sampling import PoissonSampler, split_microbatches
+from dpsynth.privacy.sampling import PoissonSampler
 
 
 def test_batch_sizes_are_binomial() -> None:
@@ -91,19 +91,6 @@ def test_bounded_iteration() -> None:
     assert len(batches) == 7
     with pytest.raises(TypeError):
         len(PoissonSampler(100, 0.2, seed=0))
-
-
-def test_microbatches_keep_every_index_in_order() -> None:
-    idx = PoissonSampler(1000, 0.1, seed=6).sample_step()
-    for size in [1, 7, 32, len(idx), len(idx) + 5]:
-        chunks = split_microbatches(idx, size)
-        assert all(1 <= len(c) <= size for c in chunks)
-        assert np.array_equal(np.concatenate(chunks), idx)
-        assert len(chunks) == math.ceil(len(idx) / size)
-    assert split_microbatches(np.array([], dtype=np.int64), 8) == []
-    assert [c.tolist() for c in split_microbatches([5, 3, 9], 2)] == [[5, 3], [9]]
-    with pytest.raises(ValueError):
-        split_microbatches(idx, 0)
 
 
 def test_bad_arguments() -> None:

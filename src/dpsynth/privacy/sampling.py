@@ -12,7 +12,7 @@ cryptographic randomness) when the seed may be public.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -92,13 +92,3 @@ class PoissonSampler:
         self.rng.bit_generator.state = state["bit_generator"]
         self.steps_taken = int(state["steps_taken"])
 
-
-def split_microbatches(indices: Sequence[int] | np.ndarray, max_physical: int) -> list[np.ndarray]:
-    """Consecutive chunks of at most `max_physical` indices, in order (gradient accumulation inside one step).
-
-    An empty step gives no micro-batches (the step's update is noise only).
-    """
-    if max_physical < 1:
-        raise ValueError(f"max_physical must be ≥ 1, got {max_physical}")
-    arr = np.asarray(indices, dtype=np.int64)
-    return [arr[i : i + max_physical] for i in range(0, len(arr), max_physical)]
