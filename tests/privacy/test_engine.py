@@ -297,3 +297,48 @@ def test_user_level_units_are_clipped_as_one(model_fn) -> None:
         torch.testing.assert_close(engine.clipped_sum(p).double(), ref[names[id(p)]], rtol=2e-4, atol=2e-6)
     assert engine.units_in_step == 3
     engine.detach()
+
+
+def test_low_precision_inputs_are_converted_in_chunks_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 activations/gradients: Gram matrices and the clipped product are float32 results of the bf16 values,
+    the same whether converted whole or a few examples at a time (no B×T×vocab float32 copy)."""
+    from dpsynth.privacy import layers
+
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(7, 5, 6, generator=g).bfloat16()
+    out = torch.randn(7, 5, 11, generator=g).bfloat16()
+    clip = torch.rand(7, generator=g)
+    ref_gram = torch.einsum("btd,bsd->bts", out.double(), out.double())
+    ref_sum = torch.einsum("b,btp,btd->pd", clip.double(), out.double(), a.double())
+    for chunk in (1 << 24, 11 * 5, 1):  # whole batch, one example per chunk, smaller than one example
+        monkeypatch.setattr(layers, "_CHUNK_ELEMENTS", chunk)
+        gram = layers._gram(out)
+        assert gram.dtype == torch.float32
+        torch.testing.assert_close(gram.double(), ref_gram, rtol=1e-6, atol=1e-5)
+        for x, y in ((a, out), (out, a)):  # either side may be the narrower one
+            got = layers._clipped_product(x, y, clip)
+            want = ref_sum if x is a else ref_sum.t()
+            assert got.dtype == torch.float32
+            torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_autocast_engine_matches_unchunked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under CPU bf16 autocast, forcing one example per float32 chunk changes neither norms nor clipped sums."""
+    from dpsynth.privacy import layers
+
+    def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model = tiny_llama()
+        batch = make_batch()
+        engine = ClippingEngine(model, 0.05).attach()
+        b, t = batch["input_ids"].shape
+        with engine.microbatch(b, t), torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        norms = engine.backward(per_example_lm_loss(logits.float(), batch["labels"]))
+        return norms, [engine.clipped_sum(p) for p in engine.params]
+
+    norms, sums = run()
+    monkeypatch.setattr(layers, "_CHUNK_ELEMENTS", 1)
+    norms_chunked, sums_chunked = run()
+    torch.testing.assert_close(norms_chunked, norms, rtol=1e-5, atol=1e-6)
+    for x, y in zip(sums_chunked, sums, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)

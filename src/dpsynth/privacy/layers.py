@@ -117,9 +117,44 @@ def _flat3(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1, x.shape[-1])
 
 
+_CHUNK_ELEMENTS = 1 << 24  # float32 copies of bf16 activations are made this many elements (64 MB) at a time
+
+
+def _row_chunks(batch: int, elements_per_row: int) -> list[slice]:
+    """Batch slices whose float32 copies stay under _CHUNK_ELEMENTS: under bf16 an LM head's output gradient
+    (B×T×vocab) converted whole would be a transient as large as a tenth of the step's memory."""
+    rows = max(1, _CHUNK_ELEMENTS // max(1, elements_per_row))
+    return [slice(i, i + rows) for i in range(0, batch, rows)]
+
+
 def _gram(x: torch.Tensor) -> torch.Tensor:
-    x = x.to(_FP)
-    return torch.bmm(x, x.transpose(1, 2))
+    """x·xᵀ per example in float32 (norms must never be underestimated by low-precision rounding)."""
+    if x.dtype == _FP:
+        return torch.bmm(x, x.transpose(1, 2))
+    out = torch.empty(x.shape[0], x.shape[1], x.shape[1], dtype=_FP, device=x.device)
+    for rows in _row_chunks(x.shape[0], x[0].numel()):
+        xc = x[rows].to(_FP)
+        torch.bmm(xc, xc.transpose(1, 2), out=out[rows])
+    return out
+
+
+def _clipped_product(a: torch.Tensor, g: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
+    """Σ_i c_i g_iᵀ a_i (p×d) in float32, scaling whichever side is narrower (for an LM head, a: d ≪ g: vocab);
+    low-precision inputs are converted a chunk of examples at a time."""
+    p, d = g.shape[-1], a.shape[-1]
+    full_precision = a.dtype == _FP and g.dtype == _FP
+    chunks = [slice(None)] if full_precision else _row_chunks(a.shape[0], a.shape[1] * (p + d))
+    total: torch.Tensor | None = None
+    for rows in chunks:
+        ac, gc, cc = a[rows].to(_FP), g[rows].to(_FP), clip[rows][:, None, None]
+        if d <= p:
+            ac = ac * cc
+        else:
+            gc = gc * cc
+        part = gc.reshape(-1, p).t() @ ac.reshape(-1, d)
+        total = part if total is None else total.add_(part)
+    assert total is not None
+    return total
 
 
 class GramCache:
@@ -188,7 +223,7 @@ class LinearHandler(LayerHandler):
     def on_grad(self, record: _Record) -> None:
         g = _flat3(record.grad_output)
         if self.bias is not None:
-            gb = g.to(_FP).sum(1)
+            gb = g.sum(1, dtype=_FP)
             self._bias_per_example = gb if self._bias_per_example is None else self._bias_per_example + gb
         if self.weight is not None and not self.ghost:
             a = _flat3(record.inputs)
@@ -236,12 +271,7 @@ class LinearHandler(LayerHandler):
             if self.ghost:
                 if self._has_ghost_data():
                     a, g = self._ghost_tensors()
-                    # Σ_i c_i a_iᵀ g_i: scale whichever side is narrower (for an LM head, a: d ≪ g: vocab).
-                    if a.shape[-1] <= g.shape[-1]:
-                        a = a.to(_FP) * clip[:, None, None]
-                    else:
-                        g = g.to(_FP) * clip[:, None, None]
-                    w = g.reshape(-1, g.shape[-1]).to(_FP).t() @ a.reshape(-1, a.shape[-1]).to(_FP)  # p×d
+                    w = _clipped_product(a, g, clip)  # p×d
                     _accumulate(sums, self.weight, w.t() if self.transposed else w)
             elif self._per_example is not None:
                 w = torch.einsum("b,bpd->pd", clip, self._per_example)
@@ -318,7 +348,7 @@ class TiedEmbeddingCross:
         ids, e = grouping.concat_positions(ids, fill=0), grouping.concat_positions(e)
         h, g = grouping.concat_positions(h), grouping.concat_positions(g)
         idx = ids.unsqueeze(1).expand(g.shape[0], g.shape[1], ids.shape[1])
-        g_at_ids = torch.gather(g.to(_FP), 2, idx)  # B×S×T: g_s[x_t]
+        g_at_ids = torch.gather(g, 2, idx).to(_FP)  # B×S×T: g_s[x_t] (gathered first: never a float32 B×S×V)
         k = torch.bmm(e, h.to(_FP).transpose(1, 2))  # B×T×S: e_t·h_s
         return 2.0 * (g_at_ids.transpose(1, 2) * k).sum((1, 2))
 
