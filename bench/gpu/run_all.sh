@@ -13,6 +13,9 @@
 #   DPSYNTH_GPU_STEPS=a,b,...   subset of: setup env smoke pytest_cuda train_gpt2 sample_smollm2 train_smollm2
 #                               pytest_image summary   (default: all, in that order)
 #   DPSYNTH_GPU_WHEELS=.whl     folder of carried wheels (bench/gpu/fetch_wheels.sh); DPSYNTH_GPU_SITE its target
+#   DPSYNTH_GPU_PARTS           where `setup` keeps a carried model part, .gpu_model_a/ (default
+#                               /tmp/dpsynth_model_parts/a): call A of the two-call real-model utility run, see
+#                               bench/gpu/stage_model.sh and utility_gpu.sh; without .gpu_model_a/ nothing changes
 #   DPSYNTH_GPU_EMULATE_IMAGE   dry run only (default 1 there): hide packages the H200 image lacks unless carried
 #   DPSYNTH_GPU_TIMEOUT_SCALE   multiplies every step's timeout (default 1; 4 in a dry run: 2 CPU cores are slow)
 #   PYTHON                      interpreter (default: python3 on the GPU machine, .venv/bin/python in a dry run)
@@ -29,6 +32,7 @@ ALL_STEPS=setup,env,smoke,pytest_cuda,train_gpt2,sample_smollm2,train_smollm2,py
 STEPS=${DPSYNTH_GPU_STEPS:-$ALL_STEPS}
 WHL=${DPSYNTH_GPU_WHEELS:-.whl}
 SITE=${DPSYNTH_GPU_SITE:-/tmp/dpsynth_site}
+PARTS=${DPSYNTH_GPU_PARTS:-/tmp/dpsynth_model_parts} # model parts kept for utility_gpu.sh
 if [ -z "${OUT:-}" ]; then OUT=$(mktemp -d /tmp/dpsynth_gpu_out.XXXXXX); fi
 mkdir -p "$OUT"
 LOG=$OUT/run_all.log
@@ -58,55 +62,19 @@ else
   SAMPLE=(--model smollm2-shape --batch-sizes 256,512,1024)
 fi
 
-log() { echo "$*" | tee -a "$LOG"; }
-declare -a RESULTS=()
-FAILED=0
-
-# step NAME MAX_S MIN_S CMD...: run CMD under `timeout` (MAX_S, cut to the budget left); skip it when fewer than
-# MIN_S seconds are left or when NAME is not in $STEPS.
-step() {
-  local name=$1 max=$(($2 * SCALE)) min=$(($3 * SCALE))
-  shift 3
-  case ",$STEPS," in *",$name,"*) ;; *) return 0 ;; esac
-  local reserve=$RESERVE
-  [ "$name" = summary ] && reserve=0
-  local left=$((BUDGET - SECONDS - reserve))
-  if ((left < min)); then
-    log "### $name: SKIPPED at ${SECONDS}s (${left}s of the budget left, needs >= ${min}s)"
-    RESULTS+=("$(printf '%-16s %-8s %5s' "$name" skipped -)")
-    return 0
-  fi
-  local t=$((max < left ? max : left))
-  log ""
-  log "### $name (timeout ${t}s, started at ${SECONDS}s): $*"
-  local t0=$SECONDS
-  if declare -F "$1" >/dev/null; then set -- bash -c "$1"; fi # a function of this script: run it in a child bash
-  timeout -k 10 "$t" "$@" 2>&1 | tee -a "$LOG"
-  local rc=${PIPESTATUS[0]}
-  local status=ok
-  if ((rc == 124 || rc == 137)); then status=TIMEOUT; elif ((rc != 0)); then status="rc=$rc"; fi
-  [ "$status" = ok ] || FAILED=1
-  log "### $name: $status after $((SECONDS - t0))s"
-  RESULTS+=("$(printf '%-16s %-8s %5s' "$name" "$status" $((SECONDS - t0)))")
-}
+# log, step (budgeted, per-step timeouts), RESULTS, FAILED: shared with utility_gpu.sh
+# shellcheck source=bench/gpu/steps.sh
+source "$ROOT/bench/gpu/steps.sh"
 
 # --------------------------------------------------------------------------------------------- steps
 setup() {
-  # Missing pure-Python/binary wheels go to $SITE (never over the image's CUDA torch); dpsynth itself runs from src/.
-  if compgen -G "$WHL/*.whl" >/dev/null; then
-    local wheels
-    wheels=$(ls "$WHL"/*.whl | grep -v '/typing_extensions-')
-    # shellcheck disable=SC2086 # one argument per wheel file
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" $wheels ||
-      return 1
-    if ! "$PY" -c 'import pydantic' 2>/dev/null && compgen -G "$WHL/typing_extensions-*.whl" >/dev/null; then
-      echo "pydantic needs a newer typing_extensions than the image's: installing the carried one"
-      "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-        "$WHL"/typing_extensions-*.whl || return 1
-    fi
-  else
-    echo "WARNING: no wheels in $WHL (see bench/gpu/README.md): pydantic, dp-accounting and opacus will be missing"
+  # A part of the real model for the two-call utility run (bench/gpu/stage_model.sh; call B is utility_gpu.sh):
+  # kept outside the repo, where the next call on this warm machine finds it whatever that call carries.
+  if [ -d .gpu_model_a ]; then
+    bash bench/gpu/model_parts.sh copy .gpu_model_a "$PARTS/a" || return 1
   fi
+  # Missing pure-Python/binary wheels go to $SITE (never over the image's CUDA torch); dpsynth itself runs from src/.
+  bash bench/gpu/install_wheels.sh || return 1
   if [ "$DRY" != 1 ]; then # the console script only; PYTHONPATH=src already makes the package importable
     "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e . ||
       echo "note: editable install failed (no console script); the checks import dpsynth from src/"
@@ -170,7 +138,7 @@ pytest_cuda() {
     echo "FAIL: CUDA-only tests were skipped on the GPU machine (torch does not see the GPU?)"
     return 1
   fi
-  return $rc
+  return "$rc"
 }
 
 pytest_image() {
@@ -189,7 +157,7 @@ pytest_image() {
     tests/train/test_dp_trainer.py tests/train/test_resume.py
 }
 
-export PY WHL SITE DRY
+export PY WHL SITE DRY PARTS
 export -f setup envinfo cuda_test_files pytest_cuda pytest_image
 
 [ "$DRY" = 1 ] && log "=== DRY RUN on CPU (DPSYNTH_GPU_DRYRUN=1): tiny sizes, no figure here is a GPU figure ==="
@@ -212,5 +180,5 @@ step summary 30 5 "$PY" bench/gpu/summarize.py "$OUT"
 log ""
 log "=== steps (budget ${BUDGET}s, total ${SECONDS}s) ==="
 for r in "${RESULTS[@]}"; do log "$r"; done
-log "files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
+log "files in $OUT: $(find "$OUT" -maxdepth 1 -type f -printf '%f\n' | sort | tr '\n' ' ')"
 exit $FAILED

