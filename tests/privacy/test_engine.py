@@ -342,3 +342,32 @@ def test_bf16_autocast_engine_matches_unchunked(monkeypatch: pytest.MonkeyPatch)
     torch.testing.assert_close(norms_chunked, norms, rtol=1e-5, atol=1e-6)
     for x, y in zip(sums_chunked, sums, strict=True):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_no_activation_outlives_the_backward_while_the_loss_is_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trainer keeps `losses` until its next micro-batch; autograd keeps the output hooks (and so the records)
+    alive with it. Every record must be emptied after the clipped sum, or each layer's input and output gradient
+    would stay in memory through the noise and the optimizer step."""
+    from dpsynth.privacy import engine as engine_module
+    from dpsynth.privacy.layers import _Record
+
+    created: list[_Record] = []
+
+    class Tracked(_Record):
+        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+            super().__init__(*args, **kwargs)
+            created.append(self)
+
+    monkeypatch.setattr(engine_module, "_Record", Tracked)
+    model = tiny_llama()
+    batch = make_batch()
+    engine = ClippingEngine(model, 0.05).attach()
+    b, t = batch["input_ids"].shape
+    with engine.microbatch(b, t):
+        losses = per_example_lm_loss(model(input_ids=batch["input_ids"],
+                                           attention_mask=batch["attention_mask"]).logits, batch["labels"])
+    engine.backward(losses)
+    assert losses.grad_fn is not None  # the graph (and its hooks) is still referenced here
+    assert len(created) > 10
+    held = [r for r in created if r.inputs is not None or r.grad_output is not None]
+    assert not held, f"{len(held)} of {len(created)} records still hold tensors after the step"
