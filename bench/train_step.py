@@ -29,7 +29,14 @@ Memory figures:
   (mode, method) in a fresh child process so that freed-but-cached memory of an earlier method does not count.
 - step_mem_bytes: the same peak minus the memory right after model and method set-up (weights, hooks, wrappers):
   what the training step itself adds.
-The memory ratios use peak_mem_bytes (like the published comparisons, which quote total peak GiB).
+- peak_tensor_bytes (CPU): the peak of all live tensors (weights, optimizer state, activations, gradients, the
+  engine's buffers) during one extra, profiled step, from the torch profiler's memory timeline. Peak RSS also counts
+  memory the C allocator keeps after a free, which differs between methods by more than the effect measured (it
+  hid 0.6 GB of activations the engine kept too long); the live-tensor peak does not, and it is what CUDA's
+  max_memory_allocated measures on a GPU.
+The memory ratios use memory_bytes: peak_mem_bytes on CUDA, peak_tensor_bytes on the CPU (peak_mem_bytes where
+the profiler is unavailable or `--no-tensor-memory`), like the published comparisons, which quote total peak GiB.
+The CPU RSS ratios stay in the JSON as *_rss_memory_ratio.
 """
 
 from __future__ import annotations
@@ -98,6 +105,7 @@ class BenchConfig:
     repeats: int = 1  # rounds over all (mode, method); the lowest median is kept (robust to a busy shared machine)
     accumulate: int = 1  # micro-batches per logical step (noise and optimizer step once per logical step)
     profile_dir: str | None = None
+    tensor_memory: bool = True  # CPU: one extra profiled step per method for the live-tensor peak
 
     def __post_init__(self) -> None:
         self.modes = tuple(self.modes)
@@ -387,6 +395,27 @@ def _profile_step(prep: Prepared, device: torch.device, path: Path) -> None:
                     + prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=30))
 
 
+def _tensor_peak_bytes(prep: Prepared, device: torch.device) -> int | None:
+    """Peak bytes of live CPU tensors during one step (torch profiler memory timeline), or None if unavailable."""
+    import gzip
+    import warnings
+
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                     with_stack=True) as prof:
+            prep.step(Laps(device))
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # the timeline export is marked deprecated, still works
+            path = Path(tmp) / "timeline.json.gz"
+            prof.export_memory_timeline(str(path), device="cpu")
+            _, sizes = json.loads(gzip.decompress(path.read_bytes()))
+    except Exception:  # noqa: BLE001 - the RSS figures remain
+        return None
+    return max((int(sum(row)) for row in sizes), default=None)
+
+
 def measure(cfg: BenchConfig, mode: str, method: str, *, fresh_process: bool = False) -> dict[str, Any]:
     """Time and measure one (mode, method) in this process. Raises on failure (callers record the error).
 
@@ -441,6 +470,12 @@ def measure(cfg: BenchConfig, mode: str, method: str, *, fresh_process: bool = F
             peak_mem = step_mem = None
     after = _snapshot(prep.params)
     updated = sum(not torch.equal(a, b) for a, b in zip(before, after, strict=True)) / max(len(before), 1)
+    if device.type == "cuda":
+        extra["memory_bytes"] = peak_mem
+    else:
+        tensor_peak = _tensor_peak_bytes(prep, device) if cfg.tensor_memory else None
+        extra["peak_tensor_bytes"] = tensor_peak
+        extra["memory_bytes"] = tensor_peak if tensor_peak is not None else peak_mem
 
     if cfg.profile_dir:
         path = Path(cfg.profile_dir) / f"profile_{mode}_{method}.txt"
@@ -506,19 +541,20 @@ def summarise_mode(mode: str, results: dict[str, dict[str, Any]]) -> dict[str, A
     entry: dict[str, Any] = {
         "methods": results,
         "dp_time_ratio": _ratio(results.get("dpsynth"), base, "time_s"),
-        "dp_memory_ratio": _ratio(results.get("dpsynth"), base, "peak_mem_bytes"),
+        "dp_memory_ratio": _ratio(results.get("dpsynth"), base, "memory_bytes"),
+        "dp_rss_memory_ratio": _ratio(results.get("dpsynth"), base, "peak_mem_bytes"),
         "dp_step_memory_ratio": _ratio(results.get("dpsynth"), base, "step_mem_bytes"),
         "opacus_embeddings_frozen": mode == "full",
     }
     for m in RATIO_METHODS:
         entry[f"{m}_time_ratio"] = _ratio(results.get(m), base, "time_s")
-        entry[f"{m}_memory_ratio"] = _ratio(results.get(m), base, "peak_mem_bytes")
+        entry[f"{m}_memory_ratio"] = _ratio(results.get(m), base, "memory_bytes")
     frozen_base = results.get("nonprivate_frozen_emb")
     if mode == "full" and frozen_base:
         entry["like_for_like"] = {"baseline": "nonprivate_frozen_emb"}
         for m in RATIO_METHODS:
             entry["like_for_like"][f"{m}_time_ratio"] = _ratio(results.get(m), frozen_base, "time_s")
-            entry["like_for_like"][f"{m}_memory_ratio"] = _ratio(results.get(m), frozen_base, "peak_mem_bytes")
+            entry["like_for_like"][f"{m}_memory_ratio"] = _ratio(results.get(m), frozen_base, "memory_bytes")
     return entry
 
 
@@ -533,9 +569,11 @@ def run_benchmark(cfg: BenchConfig, out: Path | None = None, *, progress: Callab
         "versions": package_versions(),
         "isolated_processes": cfg.use_subprocess(),
         "tf32": cfg.device.startswith("cuda") and cfg.precision == "fp32",
-        "memory_metric": ("peak_mem_bytes: peak of weights + training state above the process before the model was "
-                          "built (CUDA max_memory_allocated; CPU VmHWM of a fresh child process); step_mem_bytes: "
-                          "the same peak above the memory right after model and method set-up"),
+        "memory_metric": ("memory_bytes (used by every *_memory_ratio): CUDA max_memory_allocated above the "
+                          "process before the model was built; CPU peak of live tensors in one profiled step "
+                          "(peak_tensor_bytes), or peak RSS where unavailable. peak_mem_bytes: peak RSS (CPU, "
+                          "VmHWM of a fresh child process) or CUDA peak above the process; step_mem_bytes: the same "
+                          "peak above the memory right after model and method set-up"),
         "modes": {},
     }
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -594,7 +632,7 @@ def render_table(report: dict[str, Any]) -> None:
     table = Table(title=f"train step: {cfg['model']}, batch {cfg['batch']} × {cfg['seq_len']} tokens, "
                         f"{cfg['precision']} on {hw}; median of {cfg['steps']} after {cfg['warmup']} warm-up"
                         + (f", best of {cfg['repeats']} rounds" if cfg.get("repeats", 1) > 1 else ""))
-    for col in ("mode", "method", "s/step", "tokens/s", "× nonpriv", "peak mem", "× nonpriv", "step mem",
+    for col in ("mode", "method", "s/step", "tokens/s", "× nonpriv", "peak mem", "× nonpriv", "peak RSS",
                 "trainable", "fwd / bwd / noise / opt s"):
         table.add_column(col, justify="left" if col in ("mode", "method") else "right")
     for mode, entry in report["modes"].items():
@@ -603,10 +641,11 @@ def render_table(report: dict[str, Any]) -> None:
             if "error" in r:
                 table.add_row(mode, method, f"[red]failed: {r['error'][:90]}[/red]", *[""] * 7)
                 continue
-            tr, mr = _ratio(r, base, "time_s"), _ratio(r, base, "peak_mem_bytes")
+            tr, mr = _ratio(r, base, "time_s"), _ratio(r, base, "memory_bytes")
+            rss = r.get("peak_mem_bytes") if "peak_rss_bytes" in r else None
             table.add_row(mode, method, f"{r['time_s']:.3f}", f"{r['tokens_per_s']:,.0f}",
-                          "–" if tr is None else f"{tr:.2f}×", fmt_bytes(r["peak_mem_bytes"]),
-                          "–" if mr is None else f"{mr:.2f}×", fmt_bytes(r["step_mem_bytes"]),
+                          "–" if tr is None else f"{tr:.2f}×", fmt_bytes(r.get("memory_bytes")),
+                          "–" if mr is None else f"{mr:.2f}×", fmt_bytes(rss),
                           f"{r['trainable_params'] / 1e6:,.2f}M", _phase_text(r.get("phases_s", {})))
     Console(width=max(Console().width, 150)).print(table)
 
@@ -642,6 +681,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=1,
                    help="rounds over all methods, interleaved; per method the round with the lowest median is kept")
     p.add_argument("--child-timeout", type=float, default=3600.0, help="seconds before a child run is abandoned")
+    p.add_argument("--no-tensor-memory", dest="tensor_memory", action="store_false",
+                   help="CPU: skip the extra profiled step that measures the live-tensor peak (ratios then use RSS)")
     p.add_argument("--profile", action="store_true", help="also profile one extra step per method (text tables "
                                                           "next to --out)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -668,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
         clip_norm=args.clip_norm, noise_multiplier=args.noise_multiplier, lora_r=args.lora_r, seed=args.seed,
         isolate=args.isolate, child_timeout_s=args.child_timeout, repeats=args.repeats, accumulate=args.accumulate,
         threads=args.threads,
-        profile_dir=str(args.out.resolve().parent) if args.profile else None,
+        profile_dir=str(args.out.resolve().parent) if args.profile else None, tensor_memory=args.tensor_memory,
     )
     report = run_benchmark(cfg, args.out, progress=lambda s: print(s, flush=True))
     render_table(report)

@@ -33,8 +33,12 @@ def test_json_written_with_finite_positive_times_and_ratios(report: tuple[dict, 
             assert r["updated_fraction"] == 1.0, "every trainable tensor must have been updated by the step"
             assert r["phases_s"]["forward"] > 0 and r["phases_s"]["optimizer"] > 0
             assert sum(r["phases_s"].values()) == pytest.approx(r["time_s"])  # one step: phases add up to it
-            # In-process on the CPU, RSS peaks are polluted by earlier methods: not reported as the figure.
+            # In-process on the CPU, RSS peaks are polluted by earlier methods: not reported as the figure...
             assert r["peak_mem_bytes"] is None and "peak_mem_unisolated_bytes" in r
+            # ...but the live-tensor peak is exact in any process: at least the trained weights themselves.
+            assert r["memory_bytes"] == r["peak_tensor_bytes"] > 4 * r["trainable_params"]
+        assert entry["dp_memory_ratio"] == pytest.approx(
+            entry["methods"]["dpsynth"]["memory_bytes"] / entry["methods"]["nonprivate"]["memory_bytes"])
         assert set(entry["methods"]["dpsynth"]["phases_s"]) == {"forward", "backward", "noise", "optimizer"}
         for key in ("dp_time_ratio", "dp_memory_ratio", "opacus_hooks_time_ratio", "opacus_ghost_time_ratio"):
             assert key in entry
@@ -87,3 +91,20 @@ def test_accumulated_logical_step_counts_every_micro_batch(tmp_path: Path) -> No
         assert r["updated_fraction"] == 1.0
     with pytest.raises(ValueError, match="accumulate"):
         BenchConfig(accumulate=0)
+
+
+def test_live_tensor_peak_sees_a_transient_allocation() -> None:
+    """The CPU memory metric counts a tensor that exists only in the middle of the step (and nothing freed early)."""
+    import torch
+    from bench.train_step import Prepared, _tensor_peak_bytes
+
+    size = 10_000_000  # 40 MB of float32
+
+    def step(laps) -> None:  # noqa: ANN001
+        x = torch.ones(size)
+        y = x * 2  # x and y alive together: 80 MB
+        del x
+        float(y.sum())
+
+    peak = _tensor_peak_bytes(Prepared(step, [], {}, []), torch.device("cpu"))
+    assert peak is not None and 8 * size <= peak < 8 * size + 2**20
