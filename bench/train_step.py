@@ -29,14 +29,14 @@ Memory figures:
   (mode, method) in a fresh child process so that freed-but-cached memory of an earlier method does not count.
 - step_mem_bytes: the same peak minus the memory right after model and method set-up (weights, hooks, wrappers):
   what the training step itself adds.
-- peak_tensor_bytes (CPU): the peak of all live tensors (weights, optimizer state, activations, gradients, the
-  engine's buffers) during one extra, profiled step, from the torch profiler's memory timeline. Peak RSS also counts
-  memory the C allocator keeps after a free, which differs between methods by more than the effect measured (it
-  hid 0.6 GB of activations the engine kept too long); the live-tensor peak does not, and it is what CUDA's
-  max_memory_allocated measures on a GPU.
-The memory ratios use memory_bytes: peak_mem_bytes on CUDA, peak_tensor_bytes on the CPU (peak_mem_bytes where
-the profiler is unavailable or `--no-tensor-memory`), like the published comparisons, which quote total peak GiB.
-The CPU RSS ratios stay in the JSON as *_rss_memory_ratio.
+- live_peak_bytes (CPU): peak_mem_bytes of a second fresh child (1 warm-up + 1 step) started with glibc told to
+  give every block of ≥ 64 KiB its own mapping and return it on free (MALLOC_MMAP_THRESHOLD_=65536,
+  MALLOC_TRIM_THRESHOLD_=0). Its RSS then follows the live tensors; with the default allocator, freed memory kept
+  for reuse differs between methods by more than the effect measured (it hid 0.6 GB of activations the engine kept
+  too long, and it makes accumulation look free). Timing stays in the first child: per-block mappings page-fault.
+The memory ratios use memory_bytes: peak_mem_bytes on CUDA (max_memory_allocated: live tensors too), live_peak_bytes
+on the CPU (peak_mem_bytes with `--no-live-memory`), like the published comparisons, which quote total peak GiB.
+The default-allocator RSS ratios stay in the JSON as *_rss_memory_ratio.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ import dataclasses
 import gc
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -105,7 +106,7 @@ class BenchConfig:
     repeats: int = 1  # rounds over all (mode, method); the lowest median is kept (robust to a busy shared machine)
     accumulate: int = 1  # micro-batches per logical step (noise and optimizer step once per logical step)
     profile_dir: str | None = None
-    tensor_memory: bool = True  # CPU: one extra profiled step per method for the live-tensor peak
+    live_memory: bool = True  # CPU, child processes: a second child per method measures live memory
 
     def __post_init__(self) -> None:
         self.modes = tuple(self.modes)
@@ -395,27 +396,6 @@ def _profile_step(prep: Prepared, device: torch.device, path: Path) -> None:
                     + prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=30))
 
 
-def _tensor_peak_bytes(prep: Prepared, device: torch.device) -> int | None:
-    """Peak bytes of live CPU tensors during one step (torch profiler memory timeline), or None if unavailable."""
-    import gzip
-    import warnings
-
-    from torch.profiler import ProfilerActivity, profile
-
-    try:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                     with_stack=True) as prof:
-            prep.step(Laps(device))
-        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # the timeline export is marked deprecated, still works
-            path = Path(tmp) / "timeline.json.gz"
-            prof.export_memory_timeline(str(path), device="cpu")
-            _, sizes = json.loads(gzip.decompress(path.read_bytes()))
-    except Exception:  # noqa: BLE001 - the RSS figures remain
-        return None
-    return max((int(sum(row)) for row in sizes), default=None)
-
-
 def measure(cfg: BenchConfig, mode: str, method: str, *, fresh_process: bool = False) -> dict[str, Any]:
     """Time and measure one (mode, method) in this process. Raises on failure (callers record the error).
 
@@ -470,12 +450,8 @@ def measure(cfg: BenchConfig, mode: str, method: str, *, fresh_process: bool = F
             peak_mem = step_mem = None
     after = _snapshot(prep.params)
     updated = sum(not torch.equal(a, b) for a, b in zip(before, after, strict=True)) / max(len(before), 1)
-    if device.type == "cuda":
-        extra["memory_bytes"] = peak_mem
-    else:
-        tensor_peak = _tensor_peak_bytes(prep, device) if cfg.tensor_memory else None
-        extra["peak_tensor_bytes"] = tensor_peak
-        extra["memory_bytes"] = tensor_peak if tensor_peak is not None else peak_mem
+    extra["memory_bytes"] = peak_mem  # on the CPU replaced by the live-memory child's figure (run_benchmark)
+    extra["malloc_mmap_threshold"] = os.environ.get("MALLOC_MMAP_THRESHOLD_")
 
     if cfg.profile_dir:
         path = Path(cfg.profile_dir) / f"profile_{mode}_{method}.txt"
@@ -512,14 +488,19 @@ def measure_safely(cfg: BenchConfig, mode: str, method: str, *, fresh_process: b
     return failed
 
 
-def measure_in_child(cfg: BenchConfig, mode: str, method: str) -> dict[str, Any]:
-    """Run one (mode, method) in a fresh interpreter: the only way to get a clean peak RSS on the CPU."""
+LIVE_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+
+
+def measure_in_child(cfg: BenchConfig, mode: str, method: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run one (mode, method) in a fresh interpreter: the only way to get a clean peak RSS on the CPU. `env` adds
+    environment variables (LIVE_MALLOC_ENV: RSS that follows live memory)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "single.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--single", f"{mode}:{method}",
                "--config-json", json.dumps(dataclasses.asdict(cfg)), "--single-out", str(out)]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=cfg.child_timeout_s)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=cfg.child_timeout_s,
+                                  env={**os.environ, **(env or {})})
         except subprocess.TimeoutExpired:
             return {"error": f"timed out after {cfg.child_timeout_s:.0f} s"}
         if out.exists():
@@ -570,8 +551,8 @@ def run_benchmark(cfg: BenchConfig, out: Path | None = None, *, progress: Callab
         "isolated_processes": cfg.use_subprocess(),
         "tf32": cfg.device.startswith("cuda") and cfg.precision == "fp32",
         "memory_metric": ("memory_bytes (used by every *_memory_ratio): CUDA max_memory_allocated above the "
-                          "process before the model was built; CPU peak of live tensors in one profiled step "
-                          "(peak_tensor_bytes), or peak RSS where unavailable. peak_mem_bytes: peak RSS (CPU, "
+                          "process before the model was built; CPU peak RSS of a child whose glibc maps and unmaps "
+                          "every block >= 64 KiB (live_peak_bytes), or peak_mem_bytes. peak_mem_bytes: peak RSS (CPU, "
                           "VmHWM of a fresh child process) or CUDA peak above the process; step_mem_bytes: the same "
                           "peak above the memory right after model and method set-up"),
         "modes": {},
@@ -588,6 +569,13 @@ def run_benchmark(cfg: BenchConfig, out: Path | None = None, *, progress: Callab
                 t0 = time.perf_counter()
                 res = (measure_in_child(cfg, mode, method) if cfg.use_subprocess()
                        else measure_safely(cfg, mode, method))
+                if cfg.use_subprocess() and cfg.live_memory and "error" not in res:
+                    mem = measure_in_child(dataclasses.replace(cfg, steps=1, warmup=1), mode, method,
+                                           env=LIVE_MALLOC_ENV)
+                    res["live_peak_bytes"] = mem.get("peak_mem_bytes")
+                    res["live_child_mmap_threshold"] = mem.get("malloc_mmap_threshold")
+                    if res["live_peak_bytes"] is not None:
+                        res["memory_bytes"] = res["live_peak_bytes"]
                 res["wall_s"] = time.perf_counter() - t0
                 runs.setdefault(mode, {}).setdefault(method, []).append(res)
                 if progress:
@@ -681,8 +669,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=1,
                    help="rounds over all methods, interleaved; per method the round with the lowest median is kept")
     p.add_argument("--child-timeout", type=float, default=3600.0, help="seconds before a child run is abandoned")
-    p.add_argument("--no-tensor-memory", dest="tensor_memory", action="store_false",
-                   help="CPU: skip the extra profiled step that measures the live-tensor peak (ratios then use RSS)")
+    p.add_argument("--no-live-memory", dest="live_memory", action="store_false",
+                   help="CPU: skip the second child per method that measures live memory (ratios then use RSS)")
     p.add_argument("--profile", action="store_true", help="also profile one extra step per method (text tables "
                                                           "next to --out)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -709,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
         clip_norm=args.clip_norm, noise_multiplier=args.noise_multiplier, lora_r=args.lora_r, seed=args.seed,
         isolate=args.isolate, child_timeout_s=args.child_timeout, repeats=args.repeats, accumulate=args.accumulate,
         threads=args.threads,
-        profile_dir=str(args.out.resolve().parent) if args.profile else None, tensor_memory=args.tensor_memory,
+        profile_dir=str(args.out.resolve().parent) if args.profile else None, live_memory=args.live_memory,
     )
     report = run_benchmark(cfg, args.out, progress=lambda s: print(s, flush=True))
     render_table(report)
