@@ -208,7 +208,7 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
         return collate([records[i] for i in ids], pad_id=pad_id)
 
     lengths = records.lengths.tolist()
-    lr = config.resolved_learning_rate()
+    lr = config.resolved_learning_rate(budget.expected_batch_size)
     optimizer = make_optimizer(model, lr, config.weight_decay)
     out_dir = config.out
 
