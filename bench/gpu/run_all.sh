@@ -33,18 +33,12 @@ STEPS=${DPSYNTH_GPU_STEPS:-$ALL_STEPS}
 WHL=${DPSYNTH_GPU_WHEELS:-.whl}
 SITE=${DPSYNTH_GPU_SITE:-/tmp/dpsynth_site}
 PARTS=${DPSYNTH_GPU_PARTS:-/tmp/dpsynth_model_parts} # model parts kept for utility_gpu.sh
-if [ -z "${OUT:-}" ]; then OUT=$(mktemp -d /tmp/dpsynth_gpu_out.XXXXXX); fi
-mkdir -p "$OUT"
-LOG=$OUT/run_all.log
-: >"$LOG"
 
-SCALE=${DPSYNTH_GPU_TIMEOUT_SCALE:-$([ "$DRY" = 1 ] && echo 4 || echo 1)}
+# log, step (budgeted, per-step timeouts), RESULTS, FAILED, gpu_env: shared with utility_gpu.sh
+# shellcheck source=bench/gpu/steps.sh
+source "$ROOT/bench/gpu/steps.sh"
+gpu_env dpsynth_gpu_out run_all.log
 if [ "$DRY" = 1 ]; then
-  PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
-  DEV=cpu
-  export DPSYNTH_GPU_EMULATE_IMAGE=${DPSYNTH_GPU_EMULATE_IMAGE:-1}
-  export DPSYNTH_GPU_SITE=$SITE
-  export PYTHONPATH=$ROOT/bench/gpu/emulate_image:$SITE:$ROOT/src${PYTHONPATH:+:$PYTHONPATH}
   # Same scripts, models and flags as on the GPU; only the device and the sizes shrink (in-process as on CUDA; the
   # static cache forced on, as "auto" takes it on CUDA only).
   TRAIN_GPT2=(--model gpt2-small --batch 2 --seq-len 16 --steps 1 --warmup 1 --isolate inprocess)
@@ -54,17 +48,10 @@ if [ "$DRY" = 1 ]; then
     TRAIN_GPT2[1]=tiny TRAIN_SMOL[1]=tiny SAMPLE[1]=tiny
   fi
 else
-  PY=${PYTHON:-python3}
-  DEV=cuda
-  export PYTHONPATH=$SITE:$ROOT/src${PYTHONPATH:+:$PYTHONPATH}
   TRAIN_GPT2=(--model gpt2-small --batch 32 --steps 8 --warmup 3)
   TRAIN_SMOL=(--model smollm2-shape --batch 32 --steps 8 --warmup 3)
   SAMPLE=(--model smollm2-shape --batch-sizes 256,512,1024)
 fi
-
-# log, step (budgeted, per-step timeouts), RESULTS, FAILED: shared with utility_gpu.sh
-# shellcheck source=bench/gpu/steps.sh
-source "$ROOT/bench/gpu/steps.sh"
 
 # --------------------------------------------------------------------------------------------- steps
 setup() {

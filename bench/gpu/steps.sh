@@ -10,6 +10,29 @@
 # ok / rc=N / TIMEOUT / skipped).
 # shellcheck shell=bash disable=SC2034,SC2153 # globals shared with the sourcing script
 
+# gpu_env OUT_PREFIX LOG_NAME [EXTRA_PYTHONPATH]: the environment both scripts start from. Needs ROOT, DRY, SITE.
+# Sets OUT (a fresh /tmp folder unless given), LOG (emptied), SCALE, PY and DEV; on the GPU PYTHONPATH puts the
+# carried wheels ($SITE), then EXTRA, then src/ first; a CPU dry run (DRY=1) adds the image emulation in front.
+gpu_env() {
+  local extra=${3:+$3:}
+  if [ -z "${OUT:-}" ]; then OUT=$(mktemp -d "/tmp/$1.XXXXXX"); fi
+  mkdir -p "$OUT"
+  LOG=$OUT/$2
+  : >"$LOG"
+  SCALE=${DPSYNTH_GPU_TIMEOUT_SCALE:-$([ "$DRY" = 1 ] && echo 4 || echo 1)}
+  if [ "$DRY" = 1 ]; then
+    PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+    DEV=cpu
+    export DPSYNTH_GPU_EMULATE_IMAGE=${DPSYNTH_GPU_EMULATE_IMAGE:-1}
+    export DPSYNTH_GPU_SITE=$SITE
+    export PYTHONPATH=$ROOT/bench/gpu/emulate_image:$SITE:$extra$ROOT/src${PYTHONPATH:+:$PYTHONPATH}
+  else
+    PY=${PYTHON:-python3}
+    DEV=cuda
+    export PYTHONPATH=$SITE:$extra$ROOT/src${PYTHONPATH:+:$PYTHONPATH}
+  fi
+}
+
 declare -a RESULTS=()
 FAILED=0
 LAST_STATUS=

