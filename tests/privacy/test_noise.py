@@ -106,3 +106,32 @@ def test_cuda_draws_stay_on_the_device_and_resume() -> None:
     resumed = NoiseSource(seed=0)
     resumed.load_state_dict(state)
     assert torch.equal(resumed.normal_like(t, 1.0), y)
+
+
+def test_add_normal_adds_independent_noise_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dpsynth.privacy.noise as noise_module
+
+    monkeypatch.setattr(noise_module, "_CHUNK_ELEMENTS", 1000)  # many chunk boundaries in a small draw
+    s, n = 0.7, 200_500  # not a multiple of the chunk: the last chunk is partial
+    base = torch.arange(n, dtype=torch.float32).remainder_(7)  # small values: the noise is not rounded away
+    x = NoiseSource(seed=9).add_normal_(base.clone(), s)
+    d = (x - base).double()
+    assert abs(d.mean().item()) < 5 * s / math.sqrt(n)
+    assert abs(d.std().item() - s) < 5 * s / math.sqrt(2 * n)
+    assert (d[-500:] != 0).all()  # the partial last chunk gets noise too
+    chunks = d[: 200 * 1000].view(200, 1000)
+    # A reused buffer that was not redrawn would repeat itself: consecutive chunks must be uncorrelated.
+    corr = (chunks[:-1] * chunks[1:]).sum(1) / (chunks[:-1].norm(dim=1) * chunks[1:].norm(dim=1))
+    assert corr.abs().max().item() < 5 / math.sqrt(1000)
+    assert stats.kstest(d[:20_000].numpy() / s, "norm").pvalue > 1e-3
+
+
+def test_add_normal_is_seeded_and_refuses_what_it_cannot_noise_in_place() -> None:
+    a = NoiseSource(seed=5).add_normal_(torch.zeros(5000), 1.0)
+    assert torch.equal(a, NoiseSource(seed=5).add_normal_(torch.zeros(5000), 1.0))
+    with pytest.raises(TypeError):
+        NoiseSource(seed=5).add_normal_(torch.zeros(10, dtype=torch.bfloat16), 1.0)
+    with pytest.raises(TypeError):
+        NoiseSource(seed=5).add_normal_(torch.zeros(4, 4).t(), 1.0)
+    with pytest.raises(ValueError):
+        NoiseSource(seed=5).add_normal_(torch.zeros(4), float("nan"))

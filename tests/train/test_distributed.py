@@ -32,8 +32,8 @@ class SeededNoise:
     def __init__(self, seed: int) -> None:
         self.gen = torch.Generator().manual_seed(seed)
 
-    def normal_like(self, t: torch.Tensor, std: float) -> torch.Tensor:
-        return torch.randn(t.shape, generator=self.gen, dtype=t.dtype) * std
+    def add_normal_(self, t: torch.Tensor, std: float) -> torch.Tensor:
+        return t.add_(torch.randn(t.shape, generator=self.gen, dtype=t.dtype) * std)
 
 
 def _free_port() -> int:

@@ -44,7 +44,9 @@ _EPS = 1e-6
 
 
 class NoiseSource(Protocol):
-    def normal_like(self, tensor: torch.Tensor, std: float) -> torch.Tensor: ...
+    def add_normal_(self, tensor: torch.Tensor, std: float) -> torch.Tensor:
+        """Add independent N(0, std²) noise to every element of a float32 tensor, in place."""
+        ...
 
 
 class ClippingEngine:
@@ -231,7 +233,7 @@ class ClippingEngine:
             all_reduce(totals)
         if adds_noise and noise is not None and std > 0:
             for total in totals:
-                total.add_(noise.normal_like(total, std))
+                noise.add_normal_(total, std)
         if broadcast is not None:
             broadcast(totals)
         for p, total in zip(self.params, totals, strict=True):
