@@ -18,17 +18,6 @@ _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-class SeededNoise:
-    """Gaussian noise from its own generator, so benchmark runs are repeatable and draw the same amount of noise
-    as a real training step would (one tensor per trainable parameter)."""
-
-    def __init__(self, seed: int, device: torch.device | str) -> None:
-        self.generator = torch.Generator(device=device).manual_seed(seed)
-
-    def normal_like(self, tensor: torch.Tensor, std: float) -> torch.Tensor:
-        return torch.randn(tensor.shape, generator=self.generator, device=tensor.device, dtype=tensor.dtype).mul_(std)
-
-
 def cpu_name() -> str:
     """The CPU model as /proc/cpuinfo names it (platform.processor() is empty on most Linux systems)."""
     try:

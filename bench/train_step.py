@@ -64,7 +64,6 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable from t
 
 import torch
 from bench._common import (
-    SeededNoise,
     fmt_bytes,
     machine_info,
     now_iso,
@@ -296,10 +295,11 @@ def prepare(cfg: BenchConfig, mode: str, method: str, device: torch.device) -> t
 
     if method.startswith("dpsynth"):
         from dpsynth.privacy.engine import ClippingEngine
+        from dpsynth.privacy.noise import NoiseSource
 
         engine = ClippingEngine(model, cfg.clip_norm, seq_len_hint=t).attach()
         opt = _adamw(engine.params, cfg)
-        noise = SeededNoise(cfg.seed + 2, device)
+        noise = NoiseSource(seed=cfg.seed + 2)  # the product's noise path
         info["dpsynth_layers"] = dict(Counter(engine.describe().values()))
 
         def step(laps: Laps) -> None:
