@@ -154,7 +154,8 @@ def run_pipeline(cfg: UtilityBenchConfig, eps: float, train_csv: Path, model: st
         epochs=cfg.epochs, batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate, physical_batch_size=cfg.physical_batch_size, max_tokens=cfg.max_tokens,
         max_new_tokens=cfg.max_new_tokens, num_samples=cfg.num_samples or cfg.train_records,
-        sample_batch_size=cfg.sample_batch_size, seed=cfg.seed, device=cfg.device)
+        sample_batch_size=cfg.sample_batch_size, seed=cfg.seed, device=cfg.device,
+        secure_rng=False)  # seeded noise and batches: a benchmark must be repeatable (its models are not published)
     start = time.perf_counter()
     result = dpsynth.run(config, console=console)
     wall = time.perf_counter() - start

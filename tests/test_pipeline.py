@@ -148,21 +148,66 @@ def test_sample_more_from_a_finished_run_costs_nothing(reviews: Path, tiny_model
     assert (out / "privacy.json").read_text() == ledger_before, "sampling is post-processing: no new cost"
     code, output = _cli("sample", "--run", str(tmp_path), "--num", "3", "--out", str(tmp_path / "x.csv"))
     assert code == 2 and "not a finished dpsynth run" in output
+    # --resume on a finished run used to retrain from nothing and overwrite the trained model with fresh adapters.
+    model_bytes = {p.name: p.read_bytes() for p in (out / "model").iterdir() if p.is_file()}
+    code, output = _cli("run", "--data", str(reviews), "--model", str(tiny_model), "--out", str(out), "--resume")
+    assert code == 2 and "has finished" in output and "dpsynth sample" in output, output
+    assert {p.name: p.read_bytes() for p in (out / "model").iterdir() if p.is_file()} == model_bytes
+    assert (out / "privacy.json").read_text() == ledger_before
 
 
-def test_user_level_run_counts_users(reviews: Path, tiny_model: Path, tmp_path: Path) -> None:
+def test_user_level_run_counts_users(reviews: Path, tiny_model: Path, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import dpsynth.sample.labels as labels_module
+
     df = pd.read_csv(reviews)
     df["user"] = [f"u{i % 20}" for i in range(len(df))]  # 20 users with 4 records each
     data = tmp_path / "users.csv"
     df.to_csv(data, index=False)
     out = tmp_path / "run"
+    histogram_calls: list[dict] = []
+    real_histogram = labels_module.dp_label_histogram
+
+    def recording_histogram(*args: object, **kwargs: object) -> object:
+        histogram_calls.append(kwargs)
+        return real_histogram(*args, **kwargs)
+
+    monkeypatch.setattr(labels_module, "dp_label_histogram", recording_histogram)
     run(_config(data, tiny_model, out, user_column="user", max_records_per_user=3, batch_size=5))
+    # One user moves up to `cap` records, possibly all in one cell: the histogram's noise must scale with the cap.
+    assert [c["sensitivity"] for c in histogram_calls] == [3.0]
     ledger = json.loads((out / "privacy.json").read_text())
     assert ledger["unit"] == "user" and ledger["num_units"] == 20 and ledger["records_per_user_cap"] == 3
     assert ledger["mechanisms"][0]["sample_rate"] == pytest.approx(5 / 20)
     assert ledger["delta"] == pytest.approx(1 / (20 * math.log(20)))
-    report = json.loads((out / "run.json").read_text())["data"]
+    report = json.loads((out / "data_report.json").read_text())
     assert report["num_users"] == 20 and report["records_dropped_by_cap"] == 20
+    assert report["covered_by_privacy_guarantee"] is False
+    # run.json carries no exact statistic of the private data (they would be released without noise)
+    record = json.loads((out / "run.json").read_text())
+    assert record["data"] == {"num_units": 20, "unit": "user", "max_tokens": record["config"]["max_tokens"],
+                              "exact_statistics": "data_report.json"}
+    assert "examples_seen" not in record["training"] and report["examples_trained"] >= 0
+
+
+def test_default_randomness_cannot_be_replayed_from_the_seed(reviews: Path, tiny_model: Path,
+                                                             tmp_path: Path) -> None:
+    """The DP attacker knows every record but one and the defaults (seed 0 included): if the default noise and
+    batches followed the seed, rerunning the defaults with and without the target would match the released model
+    bit for bit. So by default two runs with the same seed must differ; only --no-secure-rng repeats a run."""
+    def weights_and_labels(name: str, **kw: object) -> tuple[bytes, str]:
+        out = tmp_path / name
+        run(_config(reviews, tiny_model, out, num_samples=2, max_new_tokens=2, **kw))
+        weights = b"".join(p.read_bytes() for p in sorted((out / "model").glob("*.safetensors")))
+        return weights, (out / "label_distribution.json").read_text()
+
+    a, b = weights_and_labels("a"), weights_and_labels("b")
+    assert a[0] != b[0] and a[1] != b[1], "default runs with the same seed must not share their DP randomness"
+    c, d = weights_and_labels("c", secure_rng=False), weights_and_labels("d", secure_rng=False)
+    assert c == d
+    ledger = json.loads((tmp_path / "c" / "privacy.json").read_text())
+    assert ledger["noise_rng"] == "seeded" and any("seed" in n for n in ledger["notes"])
+    assert json.loads((tmp_path / "a" / "privacy.json").read_text())["noise_rng"] == "secure"
 
 
 def test_default_training_loss_skips_the_control_codes(reviews: Path, tiny_model: Path, tmp_path: Path) -> None:

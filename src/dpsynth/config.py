@@ -80,8 +80,10 @@ class RunConfig(BaseModel):
         0.05, gt=0, lt=1, description="Share of ε spent on the DP label histogram used for sampling.")
     label_distribution: str = Field(
         "dp", description="'dp' (noisy histogram, paid from ε), 'uniform', or a public CSV/JSON of label weights.")
-    secure_rng: bool = Field(False, description="Draw DP noise from a cryptographically seeded generator instead "
-                                                "of one seeded by --seed.")
+    secure_rng: bool = Field(True, description="Draw the DP noise, the Poisson batches and the label histogram's "
+                                               "noise from OS randomness (default). --no-secure-rng seeds them from "
+                                               "--seed so a run can be repeated exactly; then anyone who knows the "
+                                               "seed can undo the noise, so the seed must stay secret.")
 
     # --- training
     epochs: float | None = Field(None, gt=0, description="Passes over the data; default 4 with DP, 2 without.")
@@ -105,7 +107,8 @@ class RunConfig(BaseModel):
     drop_duplicates: bool = Field(False, description="Remove exact duplicate synthetic texts (free post-processing).")
 
     # --- execution
-    seed: int = Field(0, description="Seed for sampling, initialisation and the DP noise.")
+    seed: int = Field(0, description="Seed for initialisation and text sampling (and, with --no-secure-rng only, "
+                                     "the DP noise and batches).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train and sample.")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast on GPU by default.")
 

@@ -3,9 +3,12 @@
 Layout of `--out DIR`:
     synthetic.csv   the synthetic records (text + label columns)
     privacy.json    the privacy ledger: every mechanism, its parameters, the total (ε, δ)
-    run.json        configuration, versions, timings, aggregate data report
+    run.json        configuration, versions, timings, training and sampling summaries (no statistic of the
+                    private data beyond N, which the accountant treats as public)
     model/          the fine-tuned model (a LoRA adapter or a full model) with its tokenizer
-    label_distribution.json  the label mix used for sampling (DP-noised or declared public: safe to share)
+    label_distribution.json  the label mix used for sampling (DP-noised or declared public)
+    data_report.json  exact statistics of the private data (rows dropped, truncated, distinct labels, examples
+                    trained on): for the data holder, NOT covered by the guarantee — keep it with the private data
     checkpoint/     training state for --resume (removed when the run completes)
 """
 
@@ -25,6 +28,7 @@ RUN = "run.json"
 MODEL = "model"
 CHECKPOINT = "checkpoint"
 LABELS = "label_distribution.json"
+DATA_REPORT = "data_report.json"
 
 
 def check_output_folder(out: Path, *, overwrite: bool, resume: bool) -> None:
@@ -33,7 +37,10 @@ def check_output_folder(out: Path, *, overwrite: bool, resume: bool) -> None:
         raise DpsynthError(f"--out {out} is a file, not a folder; choose a folder path")
     has_content = out.is_dir() and any(out.iterdir())
     if resume:
-        if not (out / CHECKPOINT).is_dir() and not (out / RUN).is_file():
+        if not (out / CHECKPOINT).is_dir():
+            if (out / RUN).is_file():  # run.json is written last, with the checkpoint's removal: a finished run
+                raise DpsynthError(f"--resume: the run in {out} has finished, there is nothing to continue; "
+                                   f"`dpsynth sample --run {out}` writes more records at no privacy cost")
             raise DpsynthError(f"--resume: {out} holds no interrupted run to continue; drop --resume to start one")
         return
     if has_content and not overwrite:
@@ -46,7 +53,7 @@ def prepare_output_folder(out: Path, *, overwrite: bool, resume: bool) -> None:
     """Create the folder; with --overwrite remove only what a dpsynth run writes (never unrelated files)."""
     out.mkdir(parents=True, exist_ok=True)
     if overwrite and not resume:
-        for name in (SYNTHETIC, PRIVACY, RUN, MODEL, CHECKPOINT, LABELS, f".{SYNTHETIC}.progress.json",
+        for name in (SYNTHETIC, PRIVACY, RUN, MODEL, CHECKPOINT, LABELS, DATA_REPORT, f".{SYNTHETIC}.progress.json",
                      f"{MODEL}.partial"):
             target = out / name
             if target.is_dir():

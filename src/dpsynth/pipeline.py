@@ -109,7 +109,7 @@ def run(config: RunConfig, *, console: Any = None) -> RunResult:
 
     model_path = config.out / outputs.MODEL
     t = time.perf_counter()
-    labels = build_label_distribution(config, prepared, budget)  # seeded: the same on every rank
+    labels = build_label_distribution(config, prepared, budget, dist_ctx=ctx)  # the same on every rank
     if ctx.is_main:  # only rank 0 writes outputs
         save_model(config, prepared, model_path)
         ledger.write(config.out / outputs.PRIVACY)
@@ -124,13 +124,19 @@ def run(config: RunConfig, *, console: Any = None) -> RunResult:
     timings["sample_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_all
 
+    data_report = {"covered_by_privacy_guarantee": False,
+                   "note": "Exact statistics of the private data, computed without noise: keep this file with the "
+                           "private data and do not publish it.",
+                   **prepared.data_report, "examples_trained": train_info.pop("examples_seen", None)}
     run_record = {
         "dpsynth_version": __version__,
         "config": config.model_dump(mode="json"),
         "versions": versions(),
         "device": str(device), "precision": precision, "world_size": ctx.world_size,
         "model": prepared.model_info,
-        "data": prepared.data_report,
+        # Only what is public or paid for: exact data statistics go to data_report.json (see outputs.py).
+        "data": {"num_units": prepared.num_units, "unit": prepared.unit_name, "max_tokens": config.max_tokens,
+                 "exact_statistics": outputs.DATA_REPORT},
         "privacy": {"epsilon": ledger.epsilon if config.private else None, "delta": ledger.delta,
                     "plan": budget.describe()},
         "training": train_info,
@@ -140,6 +146,7 @@ def run(config: RunConfig, *, console: Any = None) -> RunResult:
         "timings": timings,
     }
     if ctx.is_main:
+        outputs.write_json_atomic(config.out / outputs.DATA_REPORT, data_report)
         outputs.write_json_atomic(config.out / outputs.RUN, run_record)
         outputs.remove_checkpoint(config.out)
     ctx.barrier()

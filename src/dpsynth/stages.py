@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import secrets
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,8 +222,15 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
                 **trained}
 
     plan = budget.plan
-    # With --secure-rng the batches are secret too: the subsampling amplification assumes nobody can replay them.
-    sampler = PoissonSampler(prepared.num_units, budget.sample_rate, seed=config.seed, secure=config.secure_rng)
+    ctx = dist_ctx or DistContext()
+    # The batches must stay secret: the subsampling amplification assumes nobody can replay them. Secure (default):
+    # one secret from rank 0's OS randomness, the same on every rank so they all draw the same global batch.
+    if config.secure_rng:
+        sampler = PoissonSampler(prepared.num_units, budget.sample_rate,
+                                 generator=np.random.default_rng(ctx.shared_secret()), secure=True)
+    else:
+        sampler = PoissonSampler(prepared.num_units, budget.sample_rate,
+                                 generator=np.random.default_rng(seeded_stream(config.seed, "batches")))
     noise = NoiseSource(seed=config.seed + 1, secure=config.secure_rng)
     dp_plan = DPTrainingPlan(steps=budget.steps, sample_rate=budget.sample_rate,
                              expected_batch_size=budget.expected_batch_size,
@@ -232,7 +238,6 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
                              learning_rate=lr, weight_decay=config.weight_decay,
                              physical_batch_size=max(config.physical_batch_size,
                                                      config.max_records_per_user if prepared.units else 1))
-    ctx = dist_ctx or DistContext()
     trainer = DPTrainer(model, dp_plan, sampler=sampler, collate=collate_ids, lengths=lengths, noise=noise,
                         optimizer=optimizer, device=device, precision=precision, units=prepared.units,
                         dist_ctx=ctx)
@@ -279,7 +284,11 @@ def _restore_for_resume(ckpt_dir: Path, spent: int, model: Any, optimizer: Any, 
     ckpt = load_checkpoint(ckpt_dir)
     step = 0
     if ckpt is not None:
-        restore_checkpoint(ckpt, model=model, optimizer=optimizer, sampler=sampler, noise=noise)
+        try:
+            restore_checkpoint(ckpt, model=model, optimizer=optimizer, sampler=sampler, noise=noise)
+        except ValueError as exc:
+            raise DpsynthError(f"--resume: the checkpoint in {ckpt_dir} does not fit this run ({exc}); resume with "
+                               "the interrupted run's options (--secure-rng or --no-secure-rng included)") from None
         step = ckpt.step
     return step, max(step, spent)
 
@@ -303,9 +312,21 @@ def save_model(config: RunConfig, prepared: PreparedData, target: Path) -> Path:
     return target
 
 
-def build_label_distribution(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut) -> Any:
-    """Where the sampled control codes come from: a DP histogram (paid for), uniform, or a declared public file."""
+def seeded_stream(seed: int, purpose: str) -> np.random.SeedSequence:
+    """The seeded (--no-secure-rng) stream of one mechanism. Each purpose gets its own stream from the one --seed:
+    mechanisms composed by the accountant must draw independent randomness, and `default_rng(seed)` in two places
+    would hand the batch sampler and the label histogram the very same bits."""
+    return np.random.SeedSequence([abs(seed), int(seed < 0), *purpose.encode()])
+
+
+def build_label_distribution(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut,
+                             dist_ctx: Any = None) -> Any:
+    """Where the sampled control codes come from: a DP histogram (paid for), uniform, or a declared public file.
+
+    Under torchrun every rank builds it; with --secure-rng the histogram's noise comes from rank 0's secret, so
+    every rank draws the same noisy histogram (and samples the same label mix)."""
     from dpsynth.sample.labels import dp_label_histogram, label_distribution_from_dict, public_label_distribution
+    from dpsynth.train.distributed import DistContext
 
     if not config.label_columns:
         return None
@@ -323,11 +344,12 @@ def build_label_distribution(config: RunConfig, prepared: PreparedData, budget: 
         if not already_paid or config.secure_rng:
             # Seeded noise redraws the identical histogram (nothing new is released); secure noise would not.
             budget.ledger.add(hist)
-        generator = np.random.default_rng(secrets.randbits(128)) if config.secure_rng else None
+        generator = np.random.default_rng((dist_ctx or DistContext()).shared_secret() if config.secure_rng
+                                          else seeded_stream(config.seed, "label histogram"))
         # One user changes up to `cap` counts by 1 each, possibly all in one cell: L2 sensitivity ≤ cap.
         sensitivity = float(config.max_records_per_user) if prepared.units is not None else 1.0
         return dp_label_histogram(prepared.table, list(config.label_columns), noise_multiplier=hist.noise_multiplier,
-                                  sensitivity=sensitivity, seed=config.seed, generator=generator)
+                                  sensitivity=sensitivity, generator=generator)
     budget.ledger.notes.append(f"Labels for sampling come from a distribution declared public: "
                                f"{config.label_distribution}.")
     # The label values themselves are those the control codes were trained with (see docs/privacy.md).

@@ -84,7 +84,7 @@ def test_user_level_audit_end_to_end(tmp_path: Path, tiny_model: Path) -> None:
     assert d["canary_records_trained"] == 2 * (1 + cap)
 
     # the run really trained on what the audit says: users (with the canary users) and records after the cap
-    run_data = json.loads((out / "eps-inf" / "run.json").read_text())["data"]
+    run_data = json.loads((out / "eps-inf" / "data_report.json").read_text())
     assert run_data["num_users"] == d["training_users"] + 4
     assert run_data["records_dropped_by_cap"] == d["records_dropped_by_cap"] + 2 * (10 - cap)
     assert run_data["records_per_user_cap"] == cap

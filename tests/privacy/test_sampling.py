@@ -68,6 +68,28 @@ def test_same_seed_same_stream_and_secure_streams_differ() -> None:
     assert not all(np.array_equal(s1.sample_step(), s2.sample_step()) for _ in range(5))
     with pytest.raises(ValueError):
         PoissonSampler(10, 0.5, seed=1, generator=np.random.default_rng(1))
+    with pytest.raises(ValueError):  # a seed would make a "secure" stream replayable
+        PoissonSampler(10, 0.5, seed=1, secure=True)
+
+
+def test_secure_state_keeps_no_stream_and_a_resume_draws_fresh_batches() -> None:
+    """A checkpoint of a secure run must not let its holder replay past batches (which records trained when)."""
+    shared = np.random.default_rng(12345)  # e.g. a secret every rank shares under torchrun
+    sampler = PoissonSampler(10_000, 0.01, generator=shared, secure=True, num_steps=20)
+    for _ in range(6):
+        sampler.sample_step()
+    state = copy.deepcopy(sampler.state_dict())
+    assert "bit_generator" not in state and state["secure"] is True and state["steps_taken"] == 6
+    replay = PoissonSampler(10_000, 0.01, generator=np.random.default_rng(12345))
+    past = [replay.sample_step() for _ in range(6)]
+    resumed = PoissonSampler(10_000, 0.01, secure=True, num_steps=20)
+    resumed.load_state_dict(state)
+    assert resumed.steps_taken == 6 and len(resumed) == 14
+    assert not any(np.array_equal(resumed.sample_step(), p) for p in past)
+    with pytest.raises(ValueError):
+        PoissonSampler(10_000, 0.01, seed=5).load_state_dict(state)
+    with pytest.raises(ValueError):
+        PoissonSampler(10_000, 0.01, secure=True).load_state_dict(PoissonSampler(10_000, 0.01, seed=5).state_dict())
 
 
 def test_state_round_trip_continues_the_stream() -> None:

@@ -105,9 +105,56 @@ def _pipeline_worker(rank: int, world: int, port: int, data: str, model: str, ou
 
 
 def _pipeline_config(data: str, model: str, out: str) -> dict:
+    # Seeded, so that the 2-rank run can be compared with a 1-process run draw for draw.
     return dict(data=data, text_column="text", label_columns=["sentiment"], model=model, out=out, epochs=1.0,
                 batch_size=16, physical_batch_size=4, max_tokens=32, num_samples=300, max_new_tokens=4,
-                finetune="full", learning_rate=1e-3)
+                finetune="full", learning_rate=1e-3, secure_rng=False)
+
+
+def _secure_worker(rank: int, world: int, port: int, data: str, model: str, out: str, log_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    from dpsynth.config import RunConfig
+    from dpsynth.pipeline import run
+    from dpsynth.privacy.sampling import PoissonSampler
+
+    draws: list[list[int]] = []
+    original = PoissonSampler.sample_step
+
+    def recording(self: PoissonSampler):  # noqa: ANN202 - returns what sample_step returns
+        idx = original(self)
+        draws.append(idx.tolist())
+        return idx
+
+    PoissonSampler.sample_step = recording  # type: ignore[method-assign]
+    run(RunConfig(data=data, text_column="text", label_columns=["sentiment"], model=model, out=out, epochs=2.0,
+                  batch_size=10, physical_batch_size=16, max_tokens=24, num_samples=40, max_new_tokens=2,
+                  finetune="lora"))  # secure_rng by default
+    Path(log_dir, f"rank{rank}.json").write_text(json.dumps(draws))
+    dist.destroy_process_group()
+
+
+@pytest.mark.timeout(300)
+def test_secure_batches_are_one_global_sample_under_two_ranks(tmp_path: Path) -> None:
+    """With OS-seeded (secure) sampling every rank must still draw the *same* global batch: independently seeded
+    ranks would each train their own batch, so a record could be clipped and summed on both (sensitivity 2C) while
+    the ledger assumes one Poisson sample per step. The DP label histogram must agree across ranks too (the run
+    stops if the ranks' label mixes differ)."""
+    from dpsynth.data.demo import load_demo_dataset
+    from dpsynth.models.tiny import save_tiny_model_folder
+
+    model = str(save_tiny_model_folder(tmp_path / "tiny", kind="llama"))
+    data = str(tmp_path / "reviews.csv")
+    load_demo_dataset(max_records=40, seed=0).to_csv(data, index=False)
+    mp.spawn(_secure_worker, args=(2, _free_port(), data, model, str(tmp_path / "out"), str(tmp_path)), nprocs=2,
+             join=True)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert len(r0) == len(r1) == 8 and sum(map(len, r0)) > 20
+    assert r0 == r1, "the ranks drew different batches"
+    ledger = json.loads((tmp_path / "out" / "privacy.json").read_text())
+    assert ledger["noise_rng"] == "secure" and ledger["mechanisms"][0]["steps"] == 8
+    assert (tmp_path / "out" / "synthetic.csv").is_file()
 
 
 @pytest.mark.timeout(300)

@@ -5,8 +5,10 @@ may be 0 — an empty batch is a valid step (its update is pure noise) and is co
 would break the subsampling analysis the accountant uses; this module never makes them.
 
 Secrecy of the batches: privacy amplification by subsampling assumes nobody knows which units were drawn. With a
-seed, anyone who learns the seed can replay the batches; pass `secure=True` (the sampler is seeded from the OS's
-cryptographic randomness) when the seed may be public.
+seed, anyone who learns the seed can replay the batches. `secure=True` marks the stream secret: it is seeded from
+128 bits of the OS's cryptographic randomness (or from a generator the caller seeded that way, e.g. one secret
+shared by every rank under torchrun), and its state is never put in a checkpoint — a resumed run continues with a
+fresh secret seed, which is as good for the accountant, since every step is an independent draw.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ class PoissonSampler:
     Hence |S| ~ Binomial(N, q), and given |S| = k every k-subset is equally likely (probability 1 / C(N, k)) —
     precisely "draw k from the binomial, then a uniform k-subset".
 
-    Randomness: `generator` (used as is), else `secure=True` (seeded from 128 bits of OS randomness; any `seed`
-    is then ignored), else `seed` (None: numpy's fresh entropy).
+    Randomness: `generator` (used as is), else `secure=True` (seeded from 128 bits of OS randomness), else `seed`
+    (None: numpy's fresh entropy). `secure=True` also keeps the generator's state out of `state_dict`.
     """
 
     def __init__(self, num_units: int, sample_rate: float, seed: int | None = None,
@@ -40,8 +42,8 @@ class PoissonSampler:
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
         if num_steps is not None and num_steps < 0:
             raise ValueError(f"num_steps must be ≥ 0, got {num_steps}")
-        if generator is not None and (seed is not None or secure):
-            raise ValueError("pass either a generator or a seed / secure=True, not both")
+        if seed is not None and (generator is not None or secure):
+            raise ValueError("a seed makes the batches replayable: pass it without a generator and secure=False")
         self.num_units = int(num_units)
         self.sample_rate = float(sample_rate)
         self.num_steps = num_steps
@@ -79,14 +81,23 @@ class PoissonSampler:
         return max(0, self.num_steps - self.steps_taken)
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs to continue the same random stream."""
-        return {"bit_generator": self.rng.bit_generator.state, "steps_taken": self.steps_taken,
-                "num_units": self.num_units, "sample_rate": self.sample_rate}
+        """What a resumed run needs: the step count, and (seeded mode only) the generator state to continue the
+        same stream. A secure sampler's state would let anyone holding the checkpoint replay past batches."""
+        state: dict[str, Any] = {"steps_taken": self.steps_taken, "num_units": self.num_units,
+                                 "sample_rate": self.sample_rate, "secure": self.secure}
+        if not self.secure:
+            state["bit_generator"] = self.rng.bit_generator.state
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["num_units"] != self.num_units or state["sample_rate"] != self.sample_rate:
             raise ValueError("the sampler state is for a different dataset size or sampling rate; "
                              "a resumed run must keep both (the accountant assumed them)")
+        if bool(state.get("secure", False)) != self.secure:
+            raise ValueError("cannot resume a seeded sampler as a secure one or the other way round")
+        if self.secure:
+            self.steps_taken = int(state["steps_taken"])
+            return
         if state["bit_generator"]["bit_generator"] != type(self.rng.bit_generator).__name__:
             raise ValueError(f"the sampler state is for a {state['bit_generator']['bit_generator']} generator")
         self.rng.bit_generator.state = state["bit_generator"]

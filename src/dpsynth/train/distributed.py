@@ -2,7 +2,8 @@
 
 - Sampling: every rank runs the *same* Poisson sampler (same seed, same state), so all ranks agree on the step's
   global batch; each rank takes a disjoint shard of it. That is exactly one Poisson sample per step, as the
-  accountant assumes — not one per rank.
+  accountant assumes — not one per rank. With --secure-rng (the default) the seed is a secret drawn from the OS on
+  rank 0 and sent to the others (`shared_secret`), never written anywhere.
 - Clipping is per example on the rank that holds the example (clipping is local to an example anyway).
 - The clipped sums are all-reduced (SUM) before the noise; rank 0 alone adds the noise draw and broadcasts the
   noisy sum, so the noise enters exactly once (any noise source, --secure-rng included) and parameters stay
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -63,7 +65,7 @@ class DistContext:
             offset += n
 
     def broadcast_int(self, value: int) -> int:
-        """Rank 0's value on every rank (used to share a fresh secure noise seed)."""
+        """Rank 0's value on every rank."""
         if not self.enabled:
             return value
         t = torch.tensor([value], dtype=torch.int64)
@@ -71,6 +73,18 @@ class DistContext:
             t = t.cuda()
         dist.broadcast(t, src=0)
         return int(t.item())
+
+    def shared_secret(self) -> int:
+        """126 bits of OS randomness drawn on rank 0 and sent to every rank.
+
+        Why: ranks that seed "secure" generators independently draw *different* Poisson batches, so a record can
+        be trained on two ranks in one step (sensitivity 2C) while the ledger assumes one sample per step. One
+        secret, shared in memory only, keeps every rank on the same stream without making it replayable.
+        """
+        words = [secrets.randbits(63), secrets.randbits(63)]
+        if self.enabled:
+            words = [self.broadcast_int(w) for w in words]
+        return (words[0] << 63) | words[1]
 
     def barrier(self) -> None:
         if self.enabled:
