@@ -146,15 +146,21 @@ def run_pipeline(cfg: UtilityBenchConfig, eps: float, train_csv: Path, model: st
                  ) -> dict[str, Any]:
     """`dpsynth.run` on the private train part at one ε; returns the run's settings, privacy and timings."""
     import dpsynth
+    from dpsynth.data.demo import LABELS
 
     run_dir = cfg.runs_dir / f"eps_{epsilon_tag(eps)}"
+    # The demo data's label values are public: declared, as a user would, so every label is sampled however small
+    # the run (values read from the data would pass through the DP histogram's threshold).
+    label_values = cfg.runs_dir / "label_values.json"
+    label_values.parent.mkdir(parents=True, exist_ok=True)
+    label_values.write_text(json.dumps({LABEL_COLUMNS[0]: list(LABELS)}))
     config = dpsynth.RunConfig(
         data=train_csv, text_column=TEXT_COLUMN, label_columns=list(LABEL_COLUMNS), out=run_dir, overwrite=True,
         model=model, finetune=cfg.finetune, epsilon=eps, **_given(cfg, "lora_rank", "lora_targets", "loss_on_prefix"),
         epochs=cfg.epochs, batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate, physical_batch_size=cfg.physical_batch_size, max_tokens=cfg.max_tokens,
         max_new_tokens=cfg.max_new_tokens, num_samples=cfg.num_samples or cfg.train_records,
-        sample_batch_size=cfg.sample_batch_size, seed=cfg.seed, device=cfg.device,
+        sample_batch_size=cfg.sample_batch_size, seed=cfg.seed, device=cfg.device, label_values=label_values,
         secure_rng=False)  # seeded noise and batches: a benchmark must be repeatable (its models are not published)
     start = time.perf_counter()
     result = dpsynth.run(config, console=console)

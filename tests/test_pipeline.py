@@ -165,6 +165,8 @@ def test_user_level_run_counts_users(reviews: Path, tiny_model: Path, tmp_path: 
     data = tmp_path / "users.csv"
     df.to_csv(data, index=False)
     out = tmp_path / "run"
+    values = tmp_path / "values.json"  # 20 users: too few for the threshold on values read from the data
+    values.write_text(json.dumps({"sentiment": ["fresh", "rotten"]}))
     histogram_calls: list[dict] = []
     real_histogram = labels_module.dp_label_histogram
 
@@ -173,7 +175,7 @@ def test_user_level_run_counts_users(reviews: Path, tiny_model: Path, tmp_path: 
         return real_histogram(*args, **kwargs)
 
     monkeypatch.setattr(labels_module, "dp_label_histogram", recording_histogram)
-    run(_config(data, tiny_model, out, user_column="user", max_records_per_user=3, batch_size=5))
+    run(_config(data, tiny_model, out, user_column="user", max_records_per_user=3, batch_size=5, label_values=values))
     # One user moves up to `cap` records, possibly all in one cell: the histogram's noise must scale with the cap.
     assert [c["sensitivity"] for c in histogram_calls] == [3.0]
     ledger = json.loads((out / "privacy.json").read_text())
@@ -195,9 +197,12 @@ def test_default_randomness_cannot_be_replayed_from_the_seed(reviews: Path, tiny
     """The DP attacker knows every record but one and the defaults (seed 0 included): if the default noise and
     batches followed the seed, rerunning the defaults with and without the target would match the released model
     bit for bit. So by default two runs with the same seed must differ; only --no-secure-rng repeats a run."""
+    values = tmp_path / "values.json"
+    values.write_text(json.dumps({"sentiment": ["fresh", "rotten"]}))
+
     def weights_and_labels(name: str, **kw: object) -> tuple[bytes, str]:
         out = tmp_path / name
-        run(_config(reviews, tiny_model, out, num_samples=2, max_new_tokens=2, **kw))
+        run(_config(reviews, tiny_model, out, num_samples=2, max_new_tokens=2, label_values=values, **kw))
         weights = b"".join(p.read_bytes() for p in sorted((out / "model").glob("*.safetensors")))
         return weights, (out / "label_distribution.json").read_text()
 
@@ -208,6 +213,38 @@ def test_default_randomness_cannot_be_replayed_from_the_seed(reviews: Path, tiny
     ledger = json.loads((tmp_path / "c" / "privacy.json").read_text())
     assert ledger["noise_rng"] == "seeded" and any("seed" in n for n in ledger["notes"])
     assert json.loads((tmp_path / "a" / "privacy.json").read_text())["noise_rng"] == "secure"
+
+
+def test_a_label_value_one_record_holds_is_not_published(reviews: Path, tiny_model: Path, tmp_path: Path) -> None:
+    """Label values read from the data: the DP histogram publishes only combinations whose noisy count clears a
+    threshold paid from δ, so a value only one record has appears neither in label_distribution.json nor in the
+    synthetic data. Declared values are all sampled; 'uniform' without declared values is refused up front."""
+    df = pd.read_csv(reviews)
+    df.loc[0, "sentiment"] = "only-one-record-has-this"
+    data = tmp_path / "rare.csv"
+    df.to_csv(data, index=False)
+    # (80 records: a larger share of ε for the histogram keeps its threshold below the two real values' counts)
+    run(_config(data, tiny_model, tmp_path / "dp", num_samples=40, max_new_tokens=2, label_budget_fraction=0.5))
+    published = json.loads((tmp_path / "dp" / "label_distribution.json").read_text())
+    assert {c["sentiment"] for c in published["combinations"]} == {"fresh", "rotten"}
+    assert published["threshold"] > 1
+    assert "only-one" not in (tmp_path / "dp" / "synthetic.csv").read_text()
+    ledger = json.loads((tmp_path / "dp" / "privacy.json").read_text())
+    hist = ledger["mechanisms"][1]
+    assert hist["threshold_delta"] == pytest.approx(0.1 * ledger["delta"]) and ledger["epsilon"] <= 4.0
+    eps = compute_epsilon([mechanism_from_dict(m) for m in ledger["mechanisms"]], ledger["delta"])
+    assert eps == pytest.approx(ledger["epsilon"], rel=1e-9)
+
+    values = tmp_path / "values.json"
+    values.write_text(json.dumps({"sentiment": ["fresh", "rotten", "only-one-record-has-this"]}))
+    run(_config(data, tiny_model, tmp_path / "declared", num_samples=40, max_new_tokens=2, label_values=values,
+                label_distribution="uniform"))
+    declared = json.loads((tmp_path / "declared" / "label_distribution.json").read_text())
+    assert declared["categories_declared"] and len(declared["combinations"]) == 3
+
+    code, output = _cli("run", "--data", str(data), "--model", str(tiny_model), "--out", str(tmp_path / "never"),
+                        "--label-columns", "sentiment", "--label-distribution", "uniform")
+    assert code == 2 and "--label-values" in output and not (tmp_path / "never").exists()
 
 
 def test_default_training_loss_skips_the_control_codes(reviews: Path, tiny_model: Path, tmp_path: Path) -> None:

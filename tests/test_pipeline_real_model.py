@@ -37,9 +37,11 @@ def test_bundled_model_writes_labelled_english(tmp_path: Path) -> None:
     data = tmp_path / "reviews.csv"
     load_demo_dataset(max_records=40, seed=1).to_csv(data, index=False)
     out = tmp_path / "run"
+    values = tmp_path / "label_values.json"  # the demo's public label set
+    values.write_text(json.dumps({"sentiment": ["fresh", "rotten"]}))
     result = run(RunConfig(data=data, text_column="text", label_columns=["sentiment"], out=out, epsilon=4.0,
                            epochs=1.0, batch_size=20, max_tokens=48, num_samples=8, max_new_tokens=24,
-                           sample_batch_size=8, seed=3, label_distribution="uniform"))
+                           sample_batch_size=8, seed=3, label_distribution="uniform", label_values=values))
     synth = pd.read_csv(result.synthetic_path)
     assert len(synth) >= 6  # empty generations may be dropped (counted in run.json)
     assert set(synth["sentiment"]) <= {"fresh", "rotten"} and synth["sentiment"].nunique() == 2

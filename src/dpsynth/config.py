@@ -80,6 +80,10 @@ class RunConfig(BaseModel):
         0.05, gt=0, lt=1, description="Share of ε spent on the DP label histogram used for sampling.")
     label_distribution: str = Field(
         "dp", description="'dp' (noisy histogram, paid from ε), 'uniform', or a public CSV/JSON of label weights.")
+    label_values: Path | None = Field(
+        None, description="Public JSON file declaring every label column's values, e.g. {\"sentiment\": "
+                          "[\"negative\", \"positive\"]}. Without it the values are read from the data and the DP "
+                          "histogram publishes only combinations frequent enough to clear a noise threshold.")
     secure_rng: bool = Field(True, description="Draw the DP noise, the Poisson batches and the label histogram's "
                                                "noise from OS randomness (default). --no-secure-rng seeds them from "
                                                "--seed so a run can be repeated exactly; then anyone who knows the "
@@ -165,7 +169,8 @@ class RunConfig(BaseModel):
 # bounds and help texts cannot drift apart (tests/test_config.py checks AuditConfig declares all of them).
 RUN_SETTINGS: tuple[str, ...] = (
     "text_column", "label_columns", "user_column", "max_records_per_user", "drop_empty", "max_tokens", "loss_on_prefix",
-    "model", "finetune", "lora_rank", "lora_targets", "delta", "clip_norm", "label_distribution", "epochs",
+    "model", "finetune", "lora_rank", "lora_targets", "delta", "clip_norm", "label_distribution", "label_values",
+    "epochs",
     "batch_size", "physical_batch_size", "learning_rate", "checkpoint_every", "num_samples", "max_new_tokens",
     "sample_batch_size", "seed", "device", "precision",
 )

@@ -95,12 +95,17 @@ def run(config: RunConfig, *, console: Any = None) -> RunResult:
     prepared = load_and_encode(config, device=device, console=console)
     timings["load_and_encode_s"] = time.perf_counter() - t
     budget = plan_privacy(config, prepared)  # refuses an unreachable (ε, δ) before anything is written
+    # Before training: a label setting that cannot work (e.g. no combination clears the DP threshold) must stop
+    # the run before hours of training, not after. The same on every rank.
+    labels = build_label_distribution(config, prepared, budget, dist_ctx=ctx)
     ctx.barrier()  # every rank has checked the folder and read any prior ledger before rank 0 writes
 
     ledger = budget.ledger
     if ctx.is_main:
         outputs.prepare_output_folder(config.out, overwrite=config.overwrite, resume=config.resume)
         ledger.write(config.out / outputs.PRIVACY)
+        if labels is not None:  # saved now: `--resume` and `dpsynth sample` reuse it instead of paying again
+            outputs.write_json_atomic(config.out / outputs.LABELS, labels.to_dict())
 
     t = time.perf_counter()
     train_info = train_stage(config, prepared, budget, device=device, precision=precision, console=console,
@@ -109,12 +114,9 @@ def run(config: RunConfig, *, console: Any = None) -> RunResult:
 
     model_path = config.out / outputs.MODEL
     t = time.perf_counter()
-    labels = build_label_distribution(config, prepared, budget, dist_ctx=ctx)  # the same on every rank
     if ctx.is_main:  # only rank 0 writes outputs
         save_model(config, prepared, model_path)
         ledger.write(config.out / outputs.PRIVACY)
-        if labels is not None:  # saved so that `dpsynth sample` reuses it instead of paying for a new histogram
-            outputs.write_json_atomic(config.out / outputs.LABELS, labels.to_dict())
     if ctx.enabled:  # sharded sampling equals one process's only if every rank samples from the same weights
         from dpsynth.sample.sharded import check_same_on_all_ranks, weights_digest
 

@@ -53,7 +53,7 @@ def sample_from_run(run_dir: Path, num: int, out: Path, *, seed: int = 0, label_
             labels = label_distribution_from_dict(json.loads(saved.read_text()))
         else:
             categories = None
-            if saved.is_file():  # the label values the model was trained with
+            if saved.is_file():  # the published label values (declared, or cleared the DP threshold)
                 combos = json.loads(saved.read_text())["combinations"]
                 categories = {c: sorted({str(r[c]) for r in combos}) for c in label_columns}
             labels = public_label_distribution(label_distribution, label_columns, categories)

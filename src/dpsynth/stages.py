@@ -137,7 +137,8 @@ def plan_privacy(config: RunConfig, prepared: PreparedData) -> BudgetPlanOut:
     delta = config.delta if config.delta is not None else default_delta(n)
     wants_dp_labels = bool(config.label_columns) and config.label_distribution == "dp"
     plan = plan_budget(config.epsilon, delta, num_units=n, sample_rate=q, steps=steps,
-                       label_fraction=config.label_budget_fraction if wants_dp_labels else None)
+                       label_fraction=config.label_budget_fraction if wants_dp_labels else None,
+                       label_threshold=wants_dp_labels and config.label_values is None)
     if not config.secure_rng:
         notes.append("Noise and batches come from a PRNG seeded with --seed (recorded in run.json) so the run is "
                      "reproducible; whoever knows the seed can regenerate the noise, so keep run.json private or "
@@ -323,18 +324,27 @@ def build_label_distribution(config: RunConfig, prepared: PreparedData, budget: 
                              dist_ctx: Any = None) -> Any:
     """Where the sampled control codes come from: a DP histogram (paid for), uniform, or a declared public file.
 
-    Under torchrun every rank builds it; with --secure-rng the histogram's noise comes from rank 0's secret, so
-    every rank draws the same noisy histogram (and samples the same label mix)."""
-    from dpsynth.sample.labels import dp_label_histogram, label_distribution_from_dict, public_label_distribution
+    Label values are declared (--label-values) or read from the data; read from the data, the DP histogram
+    publishes only combinations whose noisy count clears a threshold (its δ is in the ledger), so a value only one
+    record holds is not revealed by the sampled labels. Under torchrun every rank builds it; with --secure-rng the
+    histogram's noise comes from rank 0's secret, so every rank draws the same noisy histogram."""
+    from dpsynth.privacy.accounting import threshold_failure_probability
+    from dpsynth.sample.labels import (
+        dp_label_histogram,
+        label_distribution_from_dict,
+        public_label_distribution,
+        read_label_values,
+    )
     from dpsynth.train.distributed import DistContext
 
     if not config.label_columns:
         return None
+    cols = list(config.label_columns)
+    declared = read_label_values(config.label_values, cols) if config.label_values is not None else None
     if config.label_distribution == "dp":
         if not config.private:
             # ε = ∞: no privacy to protect; the exact distribution is used and the ledger says non-private.
-            return dp_label_histogram(prepared.table, list(config.label_columns), noise_multiplier=0.0,
-                                      seed=config.seed)
+            return dp_label_histogram(prepared.table, cols, noise_multiplier=0.0, categories=declared)
         hist = budget.plan.label_histogram
         saved = config.out / outputs.LABELS
         already_paid = any(m == hist for m in budget.ledger.mechanisms)
@@ -347,14 +357,19 @@ def build_label_distribution(config: RunConfig, prepared: PreparedData, budget: 
         generator = np.random.default_rng((dist_ctx or DistContext()).shared_secret() if config.secure_rng
                                           else seeded_stream(config.seed, "label histogram"))
         # One user changes up to `cap` counts by 1 each, possibly all in one cell: L2 sensitivity ≤ cap.
-        sensitivity = float(config.max_records_per_user) if prepared.units is not None else 1.0
-        return dp_label_histogram(prepared.table, list(config.label_columns), noise_multiplier=hist.noise_multiplier,
-                                  sensitivity=sensitivity, generator=generator)
+        cap = config.max_records_per_user if prepared.units is not None else 1
+        failure = (threshold_failure_probability(hist.threshold_delta, config.epsilon)
+                   if hist.threshold_delta > 0 else None)
+        return dp_label_histogram(prepared.table, cols, noise_multiplier=hist.noise_multiplier,
+                                  sensitivity=float(cap), categories=declared, generator=generator,
+                                  threshold_failure_probability=failure, cells_per_unit=cap)
+    if str(config.label_distribution).strip().lower() == "uniform" and declared is None:
+        raise DpsynthError("--label-distribution uniform needs the label values declared: pass --label-values with "
+                           'a JSON file such as {"sentiment": ["negative", "positive"]} (reading them from the data '
+                           "would publish every value, even one only a single record has)")
     budget.ledger.notes.append(f"Labels for sampling come from a distribution declared public: "
                                f"{config.label_distribution}.")
-    # The label values themselves are those the control codes were trained with (see docs/privacy.md).
-    categories = {c: sorted(prepared.table[c].unique().tolist()) for c in config.label_columns}
-    return public_label_distribution(config.label_distribution, list(config.label_columns), categories)
+    return public_label_distribution(config.label_distribution, cols, declared)
 
 
 def sample_stage(config: RunConfig, prepared: PreparedData, labels: Any, *, device: torch.device,

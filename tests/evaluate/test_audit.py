@@ -18,6 +18,7 @@ from dpsynth.errors import DpsynthError
 from dpsynth.evaluate import audit
 from dpsynth.evaluate.audit import AuditConfig, make_audit_config, run_audit
 from dpsynth.models.tiny import make_byte_tokenizer, save_tiny_model_folder, tiny_gpt2, tiny_llama
+from tests.evaluate._labels import sentiment_values
 
 # ------------------------------------------------------------------------------------------------ scoring
 
@@ -151,9 +152,10 @@ def _data(tmp_path: Path, n: int) -> Path:
 def test_audit_end_to_end_writes_a_consistent_report(tmp_path: Path, tiny_model: Path) -> None:
     data = _data(tmp_path, 60)
     out = tmp_path / "audit"
-    cfg = AuditConfig(data=data, label_columns=["sentiment"], out=out, model=str(tiny_model),
-                      formats=["phone", "plate"], repetitions=[1, 10], num_candidates=50, epochs=1, batch_size=16,
-                      physical_batch_size=16, max_tokens=64, num_samples=8, max_new_tokens=16, holdout_fraction=0.2)
+    cfg = AuditConfig(data=data, label_columns=["sentiment"], label_values=sentiment_values(tmp_path), out=out,
+                      model=str(tiny_model), formats=["phone", "plate"], repetitions=[1, 10], num_candidates=50,
+                      epochs=1, batch_size=16, physical_batch_size=16, max_tokens=64, num_samples=8, max_new_tokens=16,
+                      holdout_fraction=0.2)
     result = run_audit(cfg)
 
     report = json.loads((out / "audit.json").read_text())
@@ -204,6 +206,7 @@ def test_non_private_run_on_canary_heavy_data_memorises_the_canary(tmp_path: Pat
     from dpsynth.models.loading import load_model
 
     cfg = AuditConfig(data=_data(tmp_path, 16), label_columns=["sentiment"], out=tmp_path / "audit",
+                      label_values=sentiment_values(tmp_path),
                       model=str(tiny_model), finetune="full", epsilons=[math.inf], formats=["phone"],
                       repetitions=[100], num_candidates=50, epochs=3, batch_size=32, physical_batch_size=32,
                       learning_rate=1e-2, max_tokens=64, num_samples=4, max_new_tokens=8)

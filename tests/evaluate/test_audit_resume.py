@@ -21,6 +21,7 @@ from dpsynth.errors import DpsynthError
 from dpsynth.evaluate import audit_resume as rs
 from dpsynth.evaluate.audit import AuditConfig, make_audit_config, run_audit
 from dpsynth.models.tiny import save_tiny_model_folder
+from tests.evaluate._labels import sentiment_values
 
 
 class CtrlCBeforeRun(Console):
@@ -47,6 +48,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _cfg(data: Path, out: Path, model: Path, **kw: Any) -> AuditConfig:
     values: dict[str, Any] = dict(data=data, label_columns=["sentiment"], out=out, model=str(model), formats=["phone"],
+                                  label_values=sentiment_values(data.parent),
                                   repetitions=[1, 10], num_candidates=30, epochs=1, batch_size=16,
                                   physical_batch_size=16, max_tokens=64, num_samples=4, max_new_tokens=8,
                                   holdout_fraction=0.2, show_progress=False, epsilons=[4.0, float("inf")])

@@ -21,6 +21,7 @@ from dpsynth.data.demo import load_demo_dataset
 from dpsynth.evaluate import audit_resume as rs
 from dpsynth.evaluate.audit import make_audit_config, run_audit
 from dpsynth.models.tiny import save_tiny_model_folder
+from tests.evaluate._labels import sentiment_values
 from tests.train.test_resume import dpsgd_steps_in_ledger
 
 
@@ -34,6 +35,7 @@ def test_kill_minus_nine_during_the_dp_run_then_resume(tmp_path: Path) -> None:
     out = tmp_path / "audit"
     # 14 training users + 2 canary users = 16 units; q = 8/16, 2 epochs: 4 DP steps, a checkpoint every 2
     flags = {"data": str(data), "out": str(out), "model": str(model), "label_columns": "sentiment",
+             "label_values": str(sentiment_values(tmp_path)),
              "user_column": "user", "max_records_per_user": "4", "epsilons": "inf,4", "formats": "phone",
              "repetitions": "1,10", "num_candidates": "20", "epochs": "2", "batch_size": "8",
              "physical_batch_size": "16", "max_tokens": "48", "num_samples": "4", "max_new_tokens": "8",

@@ -18,6 +18,7 @@ from dpsynth.evaluate import audit, audit_users
 from dpsynth.evaluate.audit import AuditConfig, make_audit_config, print_audit_summary, run_audit
 from dpsynth.evaluate.canaries import make_canaries
 from dpsynth.models.tiny import save_tiny_model_folder
+from tests.evaluate._labels import sentiment_values
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +64,7 @@ def test_user_level_audit_end_to_end(tmp_path: Path, tiny_model: Path) -> None:
     out = tmp_path / "audit"
     cap = 4
     cfg = AuditConfig(data=data, label_columns=["sentiment"], user_column="user", max_records_per_user=cap, out=out,
+                      label_values=sentiment_values(tmp_path),
                       model=str(tiny_model), formats=["phone", "plate"], repetitions=[1, 10], num_candidates=30,
                       epochs=1, batch_size=8, physical_batch_size=16, max_tokens=64, num_samples=4,
                       max_new_tokens=8, holdout_fraction=0.25, epsilons=[math.inf], show_progress=False)

@@ -28,6 +28,7 @@ from dpsynth.privacy.accounting import (
     gaussian_noise_for_epsilon,
     mechanism_from_dict,
     plan_budget,
+    threshold_failure_probability,
 )
 
 YELP_N = 1_900_000
@@ -185,6 +186,30 @@ def test_plan_budget_composes_histogram_and_dpsgd_to_the_target() -> None:
     joint = independent_epsilon(plan.dpsgd.noise_multiplier, Q, T, DELTA, (plan.label_histogram.noise_multiplier,))
     assert plan.epsilon == pytest.approx(joint, rel=1e-6)
     assert 2.0 * 0.99 < plan.epsilon <= 2.0
+
+
+def test_thresholded_histogram_spends_its_delta_outside_the_pld() -> None:
+    """Label values read from the data: the histogram is thresholded and THRESHOLD_DELTA_SHARE of δ pays for it.
+    The run's ε must be the PLD of both mechanisms at δ − threshold_delta (recomputed without dpsynth code), and
+    the threshold's failure probability p must satisfy e^ε·p/(1 − p) = threshold_delta."""
+    plan = plan_budget(2.0, DELTA, N, Q, T, label_fraction=0.1, label_threshold=True)
+    hist = plan.label_histogram
+    assert hist is not None and hist.threshold_delta == pytest.approx(0.1 * DELTA)
+    joint = independent_epsilon(plan.dpsgd.noise_multiplier, Q, T, DELTA - hist.threshold_delta,
+                                (hist.noise_multiplier,))
+    assert plan.epsilon == pytest.approx(joint, rel=1e-6) and 2.0 * 0.99 < plan.epsilon <= 2.0
+    untouched = plan_budget(2.0, DELTA, N, Q, T, label_fraction=0.1)
+    assert plan.dpsgd.noise_multiplier > untouched.dpsgd.noise_multiplier  # less δ for the PLD: more noise
+    p = threshold_failure_probability(hist.threshold_delta, 2.0)
+    assert math.exp(2.0) * p / (1 - p) == pytest.approx(hist.threshold_delta, rel=1e-9)
+    # the ledger entry carries the share, so another library can recompute the total
+    d = hist.to_dict()
+    assert d["threshold_delta"] == hist.threshold_delta and mechanism_from_dict(d) == hist
+    assert "threshold_delta" not in untouched.label_histogram.to_dict()
+    tracker = EpsilonTracker([hist], plan.dpsgd.noise_multiplier, Q, DELTA)
+    assert tracker.epsilon(T) == pytest.approx(plan.epsilon, rel=1e-6)
+    with pytest.raises(DpsynthError):
+        compute_epsilon([GaussianMechanism(5.0, "h", threshold_delta=DELTA)], DELTA)
 
 
 @pytest.mark.parametrize(("kwargs", "fragment"), [

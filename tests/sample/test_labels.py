@@ -7,7 +7,12 @@ import pandas as pd
 import pytest
 
 from dpsynth.errors import DpsynthError
-from dpsynth.sample.labels import LabelDistribution, dp_label_histogram, public_label_distribution
+from dpsynth.sample.labels import (
+    LabelDistribution,
+    dp_label_histogram,
+    public_label_distribution,
+    read_label_values,
+)
 
 
 def _frame(counts: dict[tuple[str, str], int]) -> pd.DataFrame:
@@ -31,7 +36,8 @@ def test_noise_std_matches_multiplier_times_sensitivity():
     a_vals, b_vals = [f"a{i}" for i in range(50)], [f"b{j}" for j in range(40)]
     df = pd.DataFrame({"a": np.repeat(a_vals, 40 * 100), "b": np.tile(np.repeat(b_vals, 100), 50)})
     for sigma, sens in [(0.8, 1.0), (2.0, 3.0)]:
-        dist = dp_label_histogram(df, ["a", "b"], noise_multiplier=sigma, sensitivity=sens, seed=7)
+        dist = dp_label_histogram(df, ["a", "b"], noise_multiplier=sigma, sensitivity=sens, seed=7,
+                                  categories={"a": a_vals, "b": b_vals})
         noise = dist.noisy_counts - 100.0
         std = sigma * sens
         assert abs(noise.std(ddof=1) / std - 1) < 0.06
@@ -41,9 +47,10 @@ def test_noise_std_matches_multiplier_times_sensitivity():
 
 def test_noise_is_seeded():
     df = _frame({("x", "1"): 5, ("y", "2"): 5})
-    d1 = dp_label_histogram(df, ["a", "b"], noise_multiplier=1.0, seed=3)
-    d2 = dp_label_histogram(df, ["a", "b"], noise_multiplier=1.0, seed=3)
-    d3 = dp_label_histogram(df, ["a", "b"], noise_multiplier=1.0, seed=4)
+    cats = {"a": ["x", "y"], "b": ["1", "2"]}
+    d1 = dp_label_histogram(df, ["a", "b"], noise_multiplier=1.0, seed=3, categories=cats)
+    d2 = dp_label_histogram(df, ["a", "b"], noise_multiplier=1.0, seed=3, categories=cats)
+    d3 = dp_label_histogram(df, ["a", "b"], noise_multiplier=1.0, seed=4, categories=cats)
     assert np.array_equal(d1.noisy_counts, d2.noisy_counts)
     assert not np.array_equal(d1.noisy_counts, d3.noisy_counts)
 
@@ -53,7 +60,8 @@ def test_negative_counts_clipped_and_uniform_fallback():
     df = pd.concat([df, pd.DataFrame([{"a": "y", "b": "1"}])])
     seen_negative = False
     for seed in range(20):
-        dist = dp_label_histogram(df, ["a", "b"], noise_multiplier=5.0, seed=seed)
+        dist = dp_label_histogram(df, ["a", "b"], noise_multiplier=5.0, seed=seed,
+                                  categories={"a": ["x", "y"], "b": ["1", "2"]})
         neg = dist.noisy_counts < 0
         seen_negative |= bool(neg.any())
         if dist.fell_back_to_uniform:
@@ -140,3 +148,44 @@ def test_public_uniform_and_files(tmp_path):
         public_label_distribution(csv_path, ["a", "c"])
     with pytest.raises(DpsynthError, match="does not exist"):
         public_label_distribution(tmp_path / "missing.csv", ["a"])
+
+
+def test_undeclared_values_are_thresholded_so_a_single_holder_is_rarely_revealed():
+    """Values read from the data: a combination held by one record must be published with probability ≤ p (here
+    exactly p: count 1 = sensitivity), frequent ones always; without a threshold the histogram is refused."""
+    from scipy.stats import norm
+
+    df = _frame({("x", "1"): 400, ("y", "2"): 300, ("rare", "9"): 1})
+    p, sigma = 0.05, 2.0
+    trials, rare_published = 2000, 0
+    for seed in range(trials):
+        dist = dp_label_histogram(df, ["a", "b"], noise_multiplier=sigma, seed=seed, threshold_failure_probability=p)
+        published = {(c["a"], c["b"]) for c in dist.combos}
+        assert {("x", "1"), ("y", "2")} <= published
+        rare_published += ("rare", "9") in published
+        assert len(dist.noisy_counts) == len(dist.combos) and dist.to_dict()["num_combinations"] == len(published)
+    assert dist.threshold == pytest.approx(1 + sigma * norm.isf(p)) and not dist.categories_declared
+    se = np.sqrt(p * (1 - p) / trials)
+    assert abs(rare_published / trials - p) < 5 * se  # fails if the threshold ignored the sensitivity or p
+    # user level: up to `cap` records of one user, in up to `cap` cells: τ = cap + std·Φ⁻¹(1 − p/cap)
+    user = dp_label_histogram(df, ["a", "b"], noise_multiplier=sigma, sensitivity=3.0, seed=0,
+                              threshold_failure_probability=p, cells_per_unit=3)
+    assert user.threshold == pytest.approx(3 + 3 * sigma * norm.isf(p / 3))
+    with pytest.raises(DpsynthError, match="threshold"):
+        dp_label_histogram(df, ["a", "b"], noise_multiplier=sigma, seed=0)
+    with pytest.raises(DpsynthError, match="frequent enough"):
+        dp_label_histogram(_frame({("x", "1"): 2}), ["a", "b"], noise_multiplier=sigma, seed=0,
+                           threshold_failure_probability=1e-6)
+
+
+def test_declared_label_values_file(tmp_path):
+    path = tmp_path / "values.json"
+    path.write_text(json.dumps({"a": ["x", "y"], "b": ["1"]}))
+    assert read_label_values(path, ["a", "b"]) == {"a": ["x", "y"], "b": ["1"]}
+    with pytest.raises(DpsynthError, match="lack"):
+        read_label_values(path, ["a", "c"])
+    path.write_text("[1, 2]")
+    with pytest.raises(DpsynthError, match="must map"):
+        read_label_values(path, ["a"])
+    with pytest.raises(DpsynthError, match="does not exist"):
+        read_label_values(tmp_path / "nope.json", ["a"])

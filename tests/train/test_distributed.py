@@ -130,7 +130,7 @@ def _secure_worker(rank: int, world: int, port: int, data: str, model: str, out:
     PoissonSampler.sample_step = recording  # type: ignore[method-assign]
     run(RunConfig(data=data, text_column="text", label_columns=["sentiment"], model=model, out=out, epochs=2.0,
                   batch_size=10, physical_batch_size=16, max_tokens=24, num_samples=40, max_new_tokens=2,
-                  finetune="lora"))  # secure_rng by default
+                  finetune="lora", label_budget_fraction=0.5))  # secure_rng by default
     Path(log_dir, f"rank{rank}.json").write_text(json.dumps(draws))
     dist.destroy_process_group()
 

@@ -125,6 +125,7 @@ class AuditConfig(BaseModel):
     max_new_tokens: int | None = run_setting("max_new_tokens")
     sample_batch_size: int = run_setting("sample_batch_size")
     label_distribution: str = run_setting("label_distribution")
+    label_values: Path | None = run_setting("label_values")
     seed: int = run_setting("seed", "The audit also draws its held-out split and its canaries from it.")
     device: Literal["auto", "cpu", "cuda"] = run_setting("device", "The audit scores the canaries there too.")
     precision: Literal["auto", "fp32", "bf16"] = run_setting("precision")

@@ -7,7 +7,12 @@ What is accounted
   with probability q; noise std = σ × clip norm). The sampler in `sampling.py` realises exactly this assumption.
 - Other releases (e.g. the label histogram): plain Gaussian mechanisms, σ = noise std / L2 sensitivity.
 All mechanisms of a run are composed in *one* PLD, so the reported ε is one honest number for the whole run;
-nothing is added up loosely and δ is not split.
+nothing is added up loosely.
+- One exception to "δ is not split": a Gaussian release over cells read from the data (the label histogram when
+  the label values are not declared) publishes only cells whose noisy count clears a threshold, so a cell only
+  the differing unit holds is published with a small probability p. That costs `threshold_delta` =
+  e^ε_target · p / (1 − p) of δ outside the PLD (see `threshold_failure_probability`); the PLD is read at
+  δ − Σ threshold_delta, and the ledger records each mechanism's share so the total can be recomputed.
 
 PLD discretisation
 ------------------
@@ -47,6 +52,7 @@ SEARCH_COARSENING = 10.0  # calibration first searches on a grid this much coars
 MAX_NOISE_MULTIPLIER = 50.0  # beyond this, training is pure noise: refuse rather than plan a useless run
 MIN_NOISE_MULTIPLIER = 0.1  # the calibration never goes below (essentially no privacy there anyway)
 CALIBRATION_RTOL = 1e-3
+THRESHOLD_DELTA_SHARE = 0.1  # share of δ for publishing only label combinations whose noisy count clears a threshold
 
 
 def default_delta(n: int) -> float:
@@ -88,23 +94,55 @@ class DpSgdMechanism:
 
 @dataclass(frozen=True)
 class GaussianMechanism:
-    """One Gaussian release (e.g. the label histogram): noise_multiplier = noise std / L2 sensitivity."""
+    """One Gaussian release (e.g. the label histogram): noise_multiplier = noise std / L2 sensitivity.
+
+    `threshold_delta` > 0: the release keeps only cells whose noisy count clears a threshold set from it (cells
+    read from the data); that much δ is spent outside the PLD (module docstring)."""
 
     noise_multiplier: float
     purpose: str
+    threshold_delta: float = 0.0
 
     name = "gaussian"
 
     def __post_init__(self) -> None:
         _check_sigma(self.noise_multiplier)
+        if not 0 <= self.threshold_delta < 1:
+            raise DpsynthError(f"a threshold's δ must be in [0, 1), got {self.threshold_delta}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "noise_multiplier": float(self.noise_multiplier), "purpose": self.purpose}
+        d = {"name": self.name, "noise_multiplier": float(self.noise_multiplier), "purpose": self.purpose}
+        if self.threshold_delta > 0:
+            d["threshold_delta"] = float(self.threshold_delta)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> GaussianMechanism:
         _expect_name(d, cls.name)
-        return cls(float(d["noise_multiplier"]), str(d.get("purpose", "")))
+        return cls(float(d["noise_multiplier"]), str(d.get("purpose", "")), float(d.get("threshold_delta", 0.0)))
+
+
+def threshold_failure_probability(threshold_delta: float, epsilon: float) -> float:
+    """The largest p such that publishing a cell held only by the differing unit with probability ≤ p costs at
+    most `threshold_delta` of δ in a run that is ε-DP otherwise.
+
+    Why e^ε: couple the run with one that never publishes such cells (whose PLD gives (ε, δ_pld)). Adding the unit
+    changes outputs on an event of probability ≤ p: + p. Removing it: the run without the unit is compared with the
+    coupled run, whose probabilities exceed the real one's by at most a factor 1/(1 − p): + e^ε · p / (1 − p).
+    Setting the larger, e^ε·p/(1 − p), to threshold_delta gives p = threshold_delta / (e^ε + threshold_delta).
+    """
+    if not 0 < threshold_delta < 1:
+        raise DpsynthError(f"a threshold's δ must be in (0, 1), got {threshold_delta}")
+    _check_epsilon(epsilon)
+    return threshold_delta / (math.exp(min(epsilon, 700.0)) + threshold_delta)
+
+
+def pld_delta(mechanisms: Sequence[Mechanism], delta: float) -> float:
+    """The δ at which the PLD is read: the run's δ less what thresholded releases spend outside it."""
+    spent = sum(m.threshold_delta for m in mechanisms if isinstance(m, GaussianMechanism))
+    if not spent < delta:
+        raise DpsynthError(f"the thresholded releases spend δ = {spent:.3g}, all of the run's δ = {delta:.3g}")
+    return delta - spent
 
 
 Mechanism = Union[DpSgdMechanism, GaussianMechanism]  # noqa: UP007 - a runtime alias, also for Python 3.10
@@ -190,7 +228,8 @@ def _fold_epsilon(plds: Sequence[Any], delta: float) -> float:
 
 
 def _epsilon_at(mechanisms: Sequence[Mechanism], delta: float, interval: float) -> float:
-    return _fold_epsilon([_mechanism_pld(m, interval) for m in _canonical(mechanisms)], delta)
+    return _fold_epsilon([_mechanism_pld(m, interval) for m in _canonical(mechanisms)],
+                         pld_delta(mechanisms, delta))
 
 
 def refined_interval(epsilon: float) -> float:
@@ -370,13 +409,15 @@ class BudgetPlan:
 
 
 def plan_budget(target_epsilon: float, delta: float, num_units: int, sample_rate: float, steps: int,
-                label_fraction: float | None = None) -> BudgetPlan:
+                label_fraction: float | None = None, label_threshold: bool = False) -> BudgetPlan:
     """Fix every noise level of a DP run so that the whole run is (target ε, δ)-DP.
 
     With `label_fraction = f`, the label histogram gets σ_h = gaussian_noise_for_epsilon(f·ε, δ) — the noise of a
-    Gaussian that *alone* would be (f·ε, δ)-DP. δ is not split: f·ε and δ only set the histogram's noise scale;
-    the guarantee is the joint PLD composition of histogram and DP-SGD at the one δ, which DP-SGD's σ is then
-    calibrated to meet (composition is sub-additive, so the histogram costs the run less than f·ε).
+    Gaussian that *alone* would be (f·ε, δ)-DP. f·ε and δ only set the histogram's noise scale; the guarantee is
+    the joint PLD composition of histogram and DP-SGD, which DP-SGD's σ is then calibrated to meet (composition is
+    sub-additive, so the histogram costs the run less than f·ε). With `label_threshold` (label values read from
+    the data, so only combinations whose noisy count clears a threshold are published) THRESHOLD_DELTA_SHARE of δ
+    goes to that threshold and the PLD is read at the rest.
 
     ε = ∞ is refused (DpsynthError): a non-private run has no budget to plan; callers skip planning instead.
     """
@@ -393,7 +434,7 @@ def plan_budget(target_epsilon: float, delta: float, num_units: int, sample_rate
             raise DpsynthError(f"the label histogram's share of ε must be in (0, 1), got {label_fraction}; "
                                "or use a public label distribution")
         hist = GaussianMechanism(gaussian_noise_for_epsilon(label_fraction * target_epsilon, delta),
-                                 "label histogram")
+                                 "label histogram", THRESHOLD_DELTA_SHARE * delta if label_threshold else 0.0)
     sigma = calibrate_noise_multiplier(target_epsilon, delta, sample_rate, int(steps),
                                        [hist] if hist is not None else [])
     dpsgd = DpSgdMechanism(sigma, float(sample_rate), int(steps))
@@ -438,7 +479,7 @@ class EpsilonTracker:
             mechs = _canonical(self.mechanisms(steps))
             plds = [self._dpsgd(steps) if isinstance(m, DpSgdMechanism) else _mechanism_pld(m, self.interval)
                     for m in mechs]
-            self._cache[steps] = _fold_epsilon(plds, self.delta)
+            self._cache[steps] = _fold_epsilon(plds, pld_delta(mechs, self.delta))
         return self._cache[steps]
 
     def _dpsgd(self, steps: int) -> Any:

@@ -132,7 +132,10 @@ def _describe_mechanism(mech: Mapping[str, Any], noun: str, unit: str, num_units
         extra = " so the label proportions used for sampling are covered by the same guarantee" if (
             "label" in str(purpose).lower()) else ""
         s = f" with noise multiplier σ = {sigma:.3g}" if sigma is not None else ""
-        return f"The {purpose} was computed with the Gaussian mechanism{s}{extra}."
+        threshold = mech.get("threshold_delta")
+        tail = (f" Its label values were read from the data, so only combinations whose noisy count cleared a "
+                f"threshold were used; that costs δ = {float(threshold):.2g} of the total." if threshold else "")
+        return f"The {purpose} was computed with the Gaussian mechanism{s}{extra}.{tail}"
     params = ", ".join(f"{k} = {v}" for k, v in mech.items() if k != "name")
     return f"Mechanism {name}" + (f": {params}." if params else ".")
 

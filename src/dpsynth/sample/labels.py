@@ -47,6 +47,7 @@ class LabelDistribution:
     fell_back_to_uniform: bool = False
     notes: list[str] = field(default_factory=list)
     noisy_counts: np.ndarray | None = None  # the released Gaussian-mechanism output, before clipping (DP-safe)
+    threshold: float | None = None  # undeclared values: only combinations whose noisy count exceeded it were kept
 
     def __post_init__(self) -> None:
         p = np.asarray(self.probabilities, dtype=np.float64)
@@ -97,6 +98,7 @@ class LabelDistribution:
             "sensitivity": self.sensitivity,
             "categories_declared": self.categories_declared,
             "fell_back_to_uniform": self.fell_back_to_uniform,
+            "threshold": self.threshold,
             "num_combinations": len(self.combos),
             "combinations": [{**c, "probability": float(p)} for c, p in zip(self.combos, self.probabilities)],
             "notes": list(self.notes),
@@ -111,7 +113,8 @@ def label_distribution_from_dict(d: Mapping[str, Any]) -> LabelDistribution:
     probs = np.array([float(row["probability"]) for row in d["combinations"]])
     return LabelDistribution(cols, combos, probs, d["source"], noise_multiplier=d.get("noise_multiplier"),
                              sensitivity=d.get("sensitivity"), categories_declared=bool(d.get("categories_declared")),
-                             fell_back_to_uniform=bool(d.get("fell_back_to_uniform")), notes=list(d.get("notes", [])))
+                             fell_back_to_uniform=bool(d.get("fell_back_to_uniform")), notes=list(d.get("notes", [])),
+                             threshold=d.get("threshold"))
 
 
 def _check_columns(label_columns: Sequence[str]) -> list[str]:
@@ -157,8 +160,17 @@ def dp_label_histogram(
     categories: Mapping[str, Sequence[Any]] | None = None,
     seed: int | None = None,
     generator: np.random.Generator | None = None,
+    threshold_failure_probability: float | None = None,
+    cells_per_unit: int = 1,
 ) -> LabelDistribution:
     """A Gaussian-mechanism histogram of the joint label combinations, normalised to a distribution.
+
+    Label values read from the data (no `categories`) with noise: pass `threshold_failure_probability` p (from
+    `accounting.threshold_failure_probability`, its δ accounted by the caller). Then only combinations present in
+    the data are counted, and only those whose noisy count exceeds τ = sensitivity + std·Φ⁻¹(1 − p/cells_per_unit)
+    are published: a combination held by the differing unit alone (count ≤ sensitivity, in ≤ `cells_per_unit`
+    cells) is published with probability ≤ p, so a rare label value does not reveal its one holder. Neither the
+    other combinations nor how many there were are published.
 
     Noise N(0, (noise_multiplier·sensitivity)²) is added to the count of *every* cell of the cartesian product of the
     columns' value sets, including empty cells, so which cells exist does not depend on any one record. Use
@@ -166,10 +178,9 @@ def dp_label_histogram(
     k may fall in one cell, so the L2 change is at most k). The (ε, δ) cost of this release is the caller's to
     account (it is one Gaussian mechanism with this noise multiplier).
 
-    The value set of each column is the schema. If `categories` is None it is taken from the data (sorted distinct
-    values as strings): strictly that set is itself data-dependent and not covered by the noise, so the result says
-    `categories_declared=False`; declare the sets publicly to close that gap. With declared categories, records
-    whose value is not declared are not counted (silently: reporting how many would itself leak).
+    The value set of each column is the schema: declared (`categories`: noise on every cell of their product,
+    records with an undeclared value are not counted — silently, since reporting how many would itself leak), or
+    read from the data — thresholded as above under noise, exact for the non-private `noise_multiplier=0`.
 
     Post-processing (free of privacy cost): negative noisy counts are clipped to 0 and the rest normalised; if every
     cell clips to 0 the distribution falls back to uniform over the product and says so (`fell_back_to_uniform`).
@@ -187,6 +198,14 @@ def dp_label_histogram(
     if missing:
         raise DpsynthError(f"Label column(s) {missing} are not in the data; check the label column names.")
     keys = frame[cols].astype(str)
+    std = float(noise_multiplier) * float(sensitivity)
+    if categories is None and std > 0:
+        if threshold_failure_probability is None:
+            raise DpsynthError("Label values read from the private data need a threshold for the DP histogram "
+                               "(threshold_failure_probability), or declare the label values.")
+        return _thresholded_histogram(keys, cols, noise_multiplier, sensitivity, threshold_failure_probability,
+                                      cells_per_unit, generator if generator is not None else
+                                      np.random.default_rng(seed))
 
     if categories is not None:
         values = _declared(categories, cols)
@@ -205,15 +224,11 @@ def dp_label_histogram(
         index = index * size + col_idx.fillna(0).to_numpy(dtype=np.int64)
     counts = np.bincount(index[valid], minlength=len(combos)).astype(np.float64)
 
-    std = float(noise_multiplier) * float(sensitivity)
     if std > 0:
         rng = generator if generator is not None else np.random.default_rng(seed)
         counts = counts + rng.normal(0.0, std, size=counts.shape)
     clipped = np.clip(counts, 0.0, None)
     notes: list[str] = []
-    if categories is None:
-        notes.append("Label values were read from the private data (not declared): the set of values is not covered "
-                     "by the DP noise; declare categories to cover it.")
     if std == 0:
         notes.append("Noise multiplier 0: the exact label distribution of the data (no privacy).")
     fell_back = not clipped.sum() > 0
@@ -224,6 +239,54 @@ def dp_label_histogram(
     return LabelDistribution(cols, combos, clipped, source, noise_multiplier=float(noise_multiplier),
                              sensitivity=float(sensitivity), categories_declared=categories is not None,
                              fell_back_to_uniform=fell_back, notes=notes, noisy_counts=counts)
+
+
+def _thresholded_histogram(keys: Any, cols: list[str], noise_multiplier: float, sensitivity: float,
+                           failure_probability: float, cells_per_unit: int,
+                           rng: np.random.Generator) -> LabelDistribution:
+    """The sparse Gaussian histogram with a threshold (see `dp_label_histogram`)."""
+    from scipy.stats import norm
+
+    if not 0 < failure_probability < 1:
+        raise DpsynthError(f"The threshold's failure probability must be in (0, 1), got {failure_probability}.")
+    if cells_per_unit < 1:
+        raise DpsynthError(f"cells_per_unit must be ≥ 1, got {cells_per_unit}.")
+    std = float(noise_multiplier) * float(sensitivity)
+    threshold = float(sensitivity) + std * float(norm.isf(failure_probability / cells_per_unit))
+    grouped = keys.groupby(cols, sort=True).size()  # combinations present in the data, in a fixed (sorted) order
+    present = [dict(zip(cols, k if isinstance(k, tuple) else (k,))) for k in grouped.index]
+    noisy = grouped.to_numpy(dtype=np.float64) + rng.normal(0.0, std, size=len(grouped))
+    keep = noisy > threshold
+    if not keep.any():
+        raise DpsynthError(f"No label combination is frequent enough to be published under DP (noisy count above "
+                           f"{threshold:.0f}); declare the label values (--label-values) or a public label "
+                           "distribution, or give the label histogram more of ε (--label-budget-fraction).")
+    kept = [c for c, k in zip(present, keep) if k]
+    notes = [f"Label values were read from the private data: only combinations whose noisy count exceeded "
+             f"{threshold:.1f} were published (a combination only one {'user' if cells_per_unit > 1 else 'record'} "
+             f"holds passes with probability ≤ {failure_probability:.2g}); {len(kept)} were kept. Declare the "
+             "label values to sample every combination."]
+    return LabelDistribution(cols, kept, noisy[keep], "dp-histogram", noise_multiplier=float(noise_multiplier),
+                             sensitivity=float(sensitivity), categories_declared=False, notes=notes,
+                             noisy_counts=noisy[keep], threshold=threshold)
+
+
+def read_label_values(path: str | Path, label_columns: Sequence[str]) -> dict[str, list[str]]:
+    """The label values a user declares public: a JSON object mapping every label column to its list of values."""
+    path = Path(path)
+    cols = _check_columns(label_columns)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DpsynthError(f"The label values file {path} does not exist; pass a JSON file such as "
+                           '{"sentiment": ["negative", "positive"]}.') from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DpsynthError(f"The label values file {path.name} is not valid JSON; write an object mapping each label "
+                           'column to its list of values, e.g. {"sentiment": ["negative", "positive"]}.') from None
+    if not isinstance(data, dict) or not all(isinstance(v, list) and v for v in data.values()):
+        raise DpsynthError(f"The label values file {path.name} must map each label column to a non-empty list of "
+                           'values, e.g. {"sentiment": ["negative", "positive"]}.')
+    return _declared(data, cols)
 
 
 def _read_weight_rows(path: Path) -> list[dict[str, Any]]:
