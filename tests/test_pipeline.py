@@ -129,6 +129,12 @@ def test_existing_output_folder_is_not_overwritten(reviews: Path, tiny_model: Pa
     assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
 
 
+def test_an_epsilon_that_protects_nothing_is_refused(reviews: Path, tmp_path: Path) -> None:
+    code, output = _cli("run", "--data", str(reviews), "--out", str(tmp_path / "o"), "--epsilon", "1e9")
+    assert code == 2 and "--epsilon inf" in output and "Traceback" not in output
+    assert not (tmp_path / "o").exists()
+
+
 def test_empty_file_is_refused(tiny_model: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty.csv"
     empty.write_text("")
@@ -154,6 +160,13 @@ def test_sample_more_from_a_finished_run_costs_nothing(reviews: Path, tiny_model
     assert code == 2 and "has finished" in output and "dpsynth sample" in output, output
     assert {p.name: p.read_bytes() for p in (out / "model").iterdir() if p.is_file()} == model_bytes
     assert (out / "privacy.json").read_text() == ledger_before
+    # An earlier run's LoRA adapter is not a base model: refused before anything is written (it used to crash).
+    code, output = _cli("run", "--data", str(reviews), "--model", str(out / "model"), "--out", str(tmp_path / "x"))
+    assert code == 2 and "LoRA adapter" in output and not (tmp_path / "x").exists(), output
+    # After `run --overwrite` the same sample command must not "resume" a file sampled from the old model.
+    run(_config(reviews, tiny_model, out, epsilon=4.0, num_samples=4, overwrite=True))
+    code, output = _cli("sample", "--run", str(out), "--num", "15", "--out", str(more), "--max-new-tokens", "6")
+    assert code == 2 and "--overwrite" in output, output
 
 
 def test_user_level_run_counts_users(reviews: Path, tiny_model: Path, tmp_path: Path,

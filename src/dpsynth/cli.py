@@ -42,9 +42,36 @@ class _Cli(click.Group):
             return super().invoke(ctx)
         except DpsynthError as exc:
             _fail(str(exc))
-        except KeyboardInterrupt:
-            click.echo("interrupted; a DP run can be continued with --resume", err=True)
+        except _Interrupted as exc:
+            click.echo(f"interrupted; {exc}", err=True)
             sys.exit(130)
+        except KeyboardInterrupt:
+            click.echo(f"interrupted; {_how_to_continue(ctx.invoked_subcommand)}", err=True)
+            sys.exit(130)
+
+
+class _Interrupted(Exception):
+    """Ctrl-C, with the command's own advice on how to continue."""
+
+
+def _how_to_continue(name: str | None) -> str:
+    """What to do after Ctrl-C, for the command that was interrupted (each resumes differently, or not at all)."""
+    if name == "run":
+        return "rerun the same command with --resume to continue from the last checkpoint"
+    if name == "sample":
+        return "rerun the same command: it appends the missing records"
+    if name == "audit":
+        return "rerun the same command with --resume to continue"
+    if name == "demo":
+        return "rerun the same command with --overwrite"
+    return "nothing was written that needs cleaning up; rerun the command"
+
+
+def _run_interrupted(out: Path) -> _Interrupted:
+    if not (out / "checkpoint").is_dir():
+        return _Interrupted("no checkpoint was written yet (one every --checkpoint-every steps), so start again "
+                            "with --overwrite: the interrupted run released nothing")
+    return _Interrupted(_how_to_continue("run"))
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -135,7 +162,10 @@ def run_cmd(config_file: Path | None, **flags: Any) -> None:
     from dpsynth.summary import print_run_summary
 
     config = config_from_sources(config_file, flags)
-    result = run(config)
+    try:
+        result = run(config)
+    except KeyboardInterrupt:
+        raise _run_interrupted(config.out) from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary (rank 0 wrote the outputs)
         print_run_summary(result)
 
@@ -184,7 +214,7 @@ Example:
 @_audit_options
 def audit_cmd(**flags: Any) -> None:
     """Measure leakage: plant canaries (names, addresses, phones, emails, plates) 1/10/100 times, train with and
-    without DP, and report how each secret ranks among 10,000 look-alikes, its exposure, whether it appears
+    without DP, and report how each secret ranks among look-alikes (--num-candidates), its exposure, whether it appears
     verbatim in the synthetic data, and a membership-inference AUC.
 
     --out receives a copy of your data with canaries (private: keep it where the data lives).
@@ -231,8 +261,25 @@ def sample_cmd(run_dir: Path, num: int, out: Path, **kwargs: Any) -> None:
     report = sample_from_run(run_dir, num, out, **kwargs)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, one summary (every rank returns the same report)
         return
-    Console().print(f"wrote {report.get('rows_written', '?')} records to {out} "
-                    f"({report.get('records_per_s', 0):.1f} records/s, {report.get('tokens_per_s', 0):.0f} tokens/s)")
+    Console().print(_sample_summary(report, out))
+
+
+def _sample_summary(report: dict[str, Any], out: Path) -> str:
+    """One line that accounts for every requested record: written, resumed, or dropped (and why)."""
+    written, requested = report.get("rows_written", 0), report.get("requested", 0)
+    line = f"{out}: {written} of {requested} records"
+    if report.get("resumed_rows"):
+        line += f" ({report['resumed_rows']} already there)"
+    dropped = [f"{report[k]} {what}" for k, what in (("dropped_empty", "empty"),
+                                                    ("dropped_duplicates", "duplicate"))
+               if report.get(k)]
+    if dropped:
+        line += f"; dropped {' and '.join(dropped)} (free post-processing)"
+    if report.get("generated_this_run"):
+        line += (f"; {report.get('records_per_s', 0):.1f} records/s, {report.get('tokens_per_s', 0):.0f} tokens/s")
+    if written == 0:
+        line += ". Nothing was written: every generation was empty or a duplicate; check the decoding settings"
+    return line
 
 
 @main.command("demo")

@@ -30,6 +30,9 @@ def split_comma_list(value: Any) -> Any:
     return value
 
 
+MAX_EPSILON = 100.0  # beyond this DP-SGD's noise is negligible; the accountant's search would also blow up
+
+
 def check_text_and_labels(text_column: str, label_columns: list[str], user_column: str | None = None) -> None:
     """The text, label and user columns must be distinct: one column cannot play two roles."""
     if text_column in label_columns:
@@ -124,6 +127,23 @@ class RunConfig(BaseModel):
     def _parse_inf(cls, v: Any) -> Any:
         if isinstance(v, str) and v.strip().lower() in {"inf", "infinity", "none"}:
             return math.inf
+        return v
+
+    @field_validator("epsilon")
+    @classmethod
+    def _meaningful_epsilon(cls, v: float) -> float:
+        if math.isfinite(v) and v > MAX_EPSILON:
+            raise ValueError(f"ε = {v:g} protects nothing (a factor e^{v:g} between neighbouring datasets) and "
+                             f"cannot be planned; use at most {MAX_EPSILON:g}, or --epsilon inf to train without DP")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _absolute_model_path(cls, v: str | None) -> str | None:
+        """A local folder is stored absolute: the run's adapter names its base model, and `dpsynth sample` may run
+        from another directory."""
+        if v is not None and Path(v).expanduser().exists():
+            return str(Path(v).expanduser().resolve())
         return v
 
     @model_validator(mode="after")

@@ -83,6 +83,11 @@ def load_and_encode(config: RunConfig, *, device: torch.device, console: Any) ->
         table, units, capped = cap_records_per_user(table, config.user_column, config.max_records_per_user)
     with console.status("loading the model"):
         loaded = load_model(config.model, device=str(device))
+    if hasattr(loaded.model, "peft_config"):  # a LoRA adapter folder, e.g. an earlier run's model/
+        raise DpsynthError(f"--model {config.model} is a LoRA adapter (an earlier run's model/?), not a base model; "
+                           "train from the base model it names, or use `dpsynth sample --run` to sample from that "
+                           "run (training it again on the same data would spend privacy this run's ledger does not "
+                           "count)")
     if config.finetune == "lora" and config.lora_targets:
         from dpsynth.models.lora import check_target_modules
 

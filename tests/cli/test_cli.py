@@ -54,3 +54,37 @@ def test_audit_help_and_bad_input() -> None:
     assert code == 0 and "--epsilons" in out and "canar" in out
     code, out = _invoke("audit", "--out", "x")
     assert code == 2 and out.startswith("error:") and "--data" in out
+
+
+def test_an_interrupt_says_how_to_continue_that_command(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C before the first checkpoint used to advise --resume, which then refused: a dead end."""
+    import dpsynth.pipeline
+    import dpsynth.resample
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dpsynth.pipeline, "run", interrupted)
+    monkeypatch.setattr(dpsynth.resample, "sample_from_run", interrupted)
+    out = tmp_path / "r"
+    out.mkdir()
+    args = ["run", "--data", str(tmp_path / "d.csv"), "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 130 and "--overwrite" in result.output and "--resume" not in result.output
+    (out / "checkpoint").mkdir()
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 130 and "--resume" in result.output
+    result = CliRunner().invoke(main, ["sample", "--run", str(out), "--num", "3", "--out", str(tmp_path / "s.csv")])
+    assert result.exit_code == 130 and "appends" in result.output
+
+
+def test_sample_summary_accounts_for_every_record() -> None:
+    from dpsynth.cli import _sample_summary
+
+    line = _sample_summary({"rows_written": 8, "requested": 20, "dropped_empty": 5, "dropped_duplicates": 7,
+                            "generated_this_run": 20, "records_per_s": 2.0, "tokens_per_s": 30.0}, Path("o.csv"))
+    assert "8 of 20" in line and "5 empty" in line and "7 duplicate" in line
+    done = _sample_summary({"rows_written": 20, "requested": 20, "resumed_rows": 20}, Path("o.csv"))
+    assert "20 already there" in done and "records/s" not in done
+    assert "Nothing was written" in _sample_summary({"rows_written": 0, "requested": 5, "dropped_empty": 5},
+                                                    Path("o.csv"))

@@ -223,7 +223,8 @@ def test_thresholded_histogram_spends_its_delta_outside_the_pld() -> None:
     ({"steps": 0}, "at least one step"),
     ({"target_epsilon": 1e-3}, "out of reach"),
     ({"label_fraction": 1.0}, "share of ε"),
-    ({"num_units": 1}, "at least 2"),
+    ({"num_units": 1}, "at least 3"),
+    ({"num_units": 2}, "at least 3"),  # 1/(N ln N) ≥ 1/N: the default δ itself would be refused
 ])
 def test_infeasible_requests_raise_one_sentence(kwargs: dict, fragment: str) -> None:
     args = {"target_epsilon": 2.0, "delta": DELTA, "num_units": N, "sample_rate": Q, "steps": T} | kwargs

@@ -57,8 +57,8 @@ THRESHOLD_DELTA_SHARE = 0.1  # share of δ for publishing only label combination
 
 def default_delta(n: int) -> float:
     """δ = 1/(N ln N), the paper's choice: below 1/N, so that releasing one whole record is not 'allowed'."""
-    if n < 2:
-        raise DpsynthError(f"the default δ = 1/(N ln N) needs at least 2 privacy units, got N = {n}")
+    if n < 3:  # 1/(N ln N) < 1/N needs ln N > 1
+        raise DpsynthError(f"DP training needs at least 3 privacy units (records or users), got N = {n}")
     return 1.0 / (n * math.log(n))
 
 
@@ -422,8 +422,8 @@ def plan_budget(target_epsilon: float, delta: float, num_units: int, sample_rate
     ε = ∞ is refused (DpsynthError): a non-private run has no budget to plan; callers skip planning instead.
     """
     _check_epsilon(target_epsilon)
-    if isinstance(num_units, bool) or int(num_units) != num_units or num_units < 2:
-        raise DpsynthError(f"DP training needs at least 2 privacy units, got {num_units}")
+    if isinstance(num_units, bool) or int(num_units) != num_units or num_units < 3:
+        raise DpsynthError(f"DP training needs at least 3 privacy units (records or users), got {num_units}")
     if not 0 < delta < 1.0 / num_units:
         raise DpsynthError(f"δ must be in (0, 1/N) = (0, {1.0 / num_units:.3g}), got {delta:.3g}; use the default "
                            f"1/(N ln N) = {default_delta(int(num_units)):.3g}")

@@ -107,13 +107,16 @@ def _chunk_seed(seed: int, chunk: int) -> int:
 
 
 def _fingerprint(num_samples: int, seed: int, label_columns: Sequence[str], text_column: str,
-                 decoding: DecodingConfig, dist: LabelDistribution | None) -> str:
-    """What must match for a resume to continue the same run (the label draws and decoding depend on it)."""
+                 decoding: DecodingConfig, dist: LabelDistribution | None, model_id: str | None = None) -> str:
+    """What must match for a resume to continue the same run (the label draws and decoding depend on it, the
+    texts on the model: `model_id` keeps a file sampled from an earlier model from being "resumed")."""
     payload = {
         "num_samples": num_samples, "seed": seed, "label_columns": list(label_columns), "text_column": text_column,
         "decoding": asdict(decoding),
         "labels": None if dist is None else [[c, float(p)] for c, p in zip(dist.combos, dist.probabilities)],
     }
+    if model_id is not None:
+        payload["model"] = model_id
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -150,7 +153,8 @@ def _resumable_state(writer: SyntheticWriter, out_path: str | Path, fingerprint:
                            "sampling run; choose another output path or overwrite it.")
     if state and state.get("fingerprint") != fingerprint:
         raise DpsynthError(f"{Path(out_path).name} is from a sampling run with different settings (sample count, "
-                           "seed, decoding or labels); overwrite it or choose another output path.")
+                           "seed, decoding, labels or model); pass --overwrite to replace it, or choose another "
+                           "output path.")
     return state
 
 
@@ -274,6 +278,7 @@ def sample_synthetic(
     backend: Backend = "auto",
     static_cache: bool | Literal["auto"] = "auto",
     dist_ctx: DistContext | None = None,
+    model_id: str | None = None,
 ) -> SampleReport:
     """Generate `num_samples` records into `out_path` (.csv/.jsonl/.parquet): one text column plus the labels.
 
@@ -305,7 +310,7 @@ def sample_synthetic(
     dist = label_distribution if label_columns else None
 
     columns = [text_column, *label_columns]
-    fingerprint = _fingerprint(num_samples, seed, label_columns, text_column, decoding, dist)
+    fingerprint = _fingerprint(num_samples, seed, label_columns, text_column, decoding, dist, model_id)
     # Finished chunks left by an interrupted sharded run are reused even by a single process.
     if (dist_ctx is not None and dist_ctx.enabled) or parts_dir(out_path).is_dir():
         return _sample_sharded(
