@@ -192,7 +192,14 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
     from dpsynth.privacy.sampling import PoissonSampler
     from dpsynth.train.checkpoint import resume_plan, save_checkpoint, trainable_names
     from dpsynth.train.distributed import DistContext
-    from dpsynth.train.dp_trainer import DPTrainer, DPTrainingPlan, StepReport, make_optimizer, train_nonprivate
+    from dpsynth.train.dp_trainer import (
+        DPTrainer,
+        DPTrainingPlan,
+        StepReport,
+        make_optimizer,
+        nonprivate_steps,
+        train_nonprivate,
+    )
     from dpsynth.train.progress import TrainingProgress
 
     loaded = prepared.loaded
@@ -218,8 +225,8 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
     out_dir = config.out
 
     if not config.private:
-        with TrainingProgress(max(1, math.ceil(config.resolved_epochs() * len(records) / budget.expected_batch_size)),
-                              None, console=console, label="training (no DP)") as bar:
+        total = nonprivate_steps(len(records), config.resolved_epochs(), int(budget.expected_batch_size))
+        with TrainingProgress(total, None, console=console, label="training (no DP)") as bar:
             result = train_nonprivate(model, num_examples=len(records), collate=collate_ids,
                                       epochs=config.resolved_epochs(), batch_size=int(budget.expected_batch_size),
                                       physical_batch_size=config.physical_batch_size, optimizer=optimizer,

@@ -188,6 +188,11 @@ class DPTrainer:
         return TrainResult(todo, time.perf_counter() - t0, seen, self.engine.describe())
 
 
+def nonprivate_steps(num_examples: int, epochs: float, batch_size: int) -> int:
+    """Steps of `train_nonprivate` (the progress bar's total must be this very number)."""
+    return max(1, round(epochs * max(1, math.ceil(num_examples / batch_size))))
+
+
 def train_nonprivate(
     model: nn.Module,
     *,
@@ -204,8 +209,7 @@ def train_nonprivate(
 ) -> TrainResult:
     """Ordinary fine-tuning (ε = ∞), for comparison: shuffled fixed-size batches, mean loss, no clipping/noise."""
     gen = torch.Generator().manual_seed(seed)
-    steps_per_epoch = max(1, math.ceil(num_examples / batch_size))
-    total = max(1, round(epochs * steps_per_epoch))
+    total = nonprivate_steps(num_examples, epochs, batch_size)
     order: list[int] = []
     t0 = time.perf_counter()
     seen = 0
