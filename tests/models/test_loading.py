@@ -115,6 +115,16 @@ def test_config_without_weights_is_refused(tmp_path, tiny_folder) -> None:
         load_model(tmp_path)
 
 
+def test_corrupt_weights_are_refused(tmp_path, tiny_folder) -> None:
+    import shutil
+
+    shutil.copytree(tiny_folder, tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])  # a truncated download
+    with pytest.raises(DpsynthError, match="could not read the weights"):
+        load_model(tmp_path / "m")
+
+
 def test_offline_hub_name_is_refused_quickly(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty hub cache

@@ -283,9 +283,11 @@ def _load_folder(path: Path, dtype: torch.dtype, shown: str) -> tuple[Any, Any]:
                            f"{_DECODER_HINT}") from err
     check_causal_lm(config, shown)
     tokenizer = _load_tokenizer(path, shown)
+    from safetensors import SafetensorError
+
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:  # SafetensorError: a truncated or corrupt file
         raise DpsynthError(f"could not read the weights in '{shown}' ({_first_line(err)}); check that the "
                            "folder holds a complete Hugging Face model (model.safetensors or pytorch_model.bin)") \
             from err
