@@ -25,7 +25,8 @@ Examples:
   dpsynth run --config run.toml --epsilon 8           # flags override the TOML file
   dpsynth run --data reviews.csv --epsilon inf --out runs/nodp   # same pipeline without DP, for comparison
 \b
-Outputs in --out: synthetic.csv, privacy.json (the privacy ledger), run.json, model/.
+Outputs in --out: synthetic.csv, privacy.json (the privacy ledger), run.json, model/, label_distribution.json
+(all covered by the guarantee) and data_report.json (exact counts from your data: keep it private).
 """
 
 
