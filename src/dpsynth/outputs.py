@@ -41,6 +41,9 @@ def check_output_folder(out: Path, *, overwrite: bool, resume: bool) -> None:
             if (out / RUN).is_file():  # run.json is written last, with the checkpoint's removal: a finished run
                 raise DpsynthError(f"--resume: the run in {out} has finished, there is nothing to continue; "
                                    f"`dpsynth sample --run {out}` writes more records at no privacy cost")
+            if (out / PRIVACY).is_file():  # interrupted before its first checkpoint (or a run without DP)
+                raise DpsynthError(f"--resume: the run in {out} stopped before writing a checkpoint, so there is "
+                                   "nothing to continue from; start it again with --overwrite")
             raise DpsynthError(f"--resume: {out} holds no interrupted run to continue; drop --resume to start one")
         return
     if has_content and not overwrite:
