@@ -127,6 +127,8 @@ def _options_from(model_cls: Any, *, with_config_file: bool = False) -> Any:
             if fld.default not in (None, PydanticUndefined) and not is_flag and not isinstance(fld.default, list):
                 help_text += f"  [default: {fld.default}]"
             if is_flag:
+                if isinstance(fld.default, bool):  # say which side is the default (click cannot: default=None)
+                    help_text += f"  [default: {flag if fld.default else '--no-' + flag[2:]}]"
                 opt = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
             else:
                 opt = click.option(flag, name, type=ctype, default=None, help=help_text)

@@ -111,7 +111,8 @@ class RunConfig(BaseModel):
     repetition_penalty: float = Field(1.0, gt=0, description="Repetition penalty (1 disables).")
     max_new_tokens: int | None = Field(None, ge=1, description="Tokens per synthetic record; default --max-tokens.")
     sample_batch_size: int = Field(64, ge=1, description="Prompts per generation batch.")
-    drop_duplicates: bool = Field(False, description="Remove exact duplicate synthetic texts (free post-processing).")
+    drop_duplicates: bool = Field(False, description="Remove exact duplicate synthetic records (same text and labels; "
+                                                     "free post-processing).")
 
     # --- execution
     seed: int = Field(0, description="Seed for initialisation and text sampling (and, with --no-secure-rng only, "
