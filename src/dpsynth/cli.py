@@ -239,12 +239,15 @@ Example:
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed (same seed → same records).")
 @click.option("--label-distribution", default=None,
               help="Default: the run's DP label mix. 'uniform' or a public CSV/JSON of label weights instead.")
-@click.option("--top-k", type=int, default=None, help="Top-k (default: the run's setting).")
+@click.option("--top-k", type=click.IntRange(min=0), default=None,
+              help="Top-k, 0 to disable (default: the run's setting).")
 @click.option("--top-p", type=float, default=None, help="Nucleus mass (default: the run's setting).")
 @click.option("--temperature", type=float, default=None, help="Temperature (default: the run's setting).")
 @click.option("--repetition-penalty", type=float, default=None, help="Repetition penalty (default: the run's).")
-@click.option("--max-new-tokens", type=int, default=None, help="Tokens per record (default: the run's).")
-@click.option("--batch-size", type=int, default=None, help="Prompts per batch (default: chosen by device).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
+              help="Tokens per record (default: the run's).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Prompts per batch (default: chosen by device).")
 @click.option("--drop-duplicates/--keep-duplicates", default=False, show_default=True,
               help="Remove exact duplicate records (free post-processing; counts reported).")
 @click.option("--overwrite/--no-overwrite", default=False, show_default=True,
