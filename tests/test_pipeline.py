@@ -71,6 +71,10 @@ def test_dp_run_writes_everything_and_an_honest_ledger(reviews: Path, tiny_model
     assert run_record["training"]["lora_targets"] == sorted(
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     assert run_record["label_distribution"]["source"] == "dp-histogram"
+    model = run_record["model"]  # described with its adapters, not as loaded
+    assert model["lora"] and model["parameters_trainable"] == run_record["training"]["trainable_weights"]
+    assert 0 < model["parameters_trainable"] < model["parameters_total"] / 4
+    assert run_record["versions"]["dp_accounting"][0].isdigit()
 
 
 def test_non_private_run_says_so(reviews: Path, tiny_model: Path, tmp_path: Path) -> None:

@@ -52,14 +52,15 @@ def resolve_precision(choice: str, device: torch.device) -> str:
 
 
 def versions() -> dict[str, str]:
-    import dp_accounting
+    import importlib.metadata
+
     import peft
     import transformers
 
     return {
         "dpsynth": __version__, "python": platform.python_version(), "torch": torch.__version__,
         "transformers": transformers.__version__, "peft": peft.__version__,
-        "dp_accounting": getattr(dp_accounting, "__version__", "unknown"),
+        "dp_accounting": importlib.metadata.version("dp-accounting"),  # the package has no __version__
     }
 
 
@@ -67,6 +68,7 @@ def run(config: RunConfig, *, console: Any = None) -> RunResult:
     """Run the whole pipeline for a validated config. Raises DpsynthError for any bad input, before writing."""
     from rich.console import Console
 
+    from dpsynth.models.loading import describe_model
     from dpsynth.stages import (
         build_label_distribution,
         load_and_encode,
@@ -135,7 +137,9 @@ def run(config: RunConfig, *, console: Any = None) -> RunResult:
         "config": config.model_dump(mode="json"),
         "versions": versions(),
         "device": str(device), "precision": precision, "world_size": ctx.world_size,
-        "model": prepared.model_info,
+        # Described after training: with LoRA the model now carries its adapters (at load time it did not).
+        "model": describe_model(prepared.loaded.model) | {
+            "name": prepared.loaded.name, "parameters_trainable": train_info.get("trainable_weights")},
         # Only what is public or paid for: exact data statistics go to data_report.json (see outputs.py).
         "data": {"num_units": prepared.num_units, "unit": prepared.unit_name, "max_tokens": config.max_tokens,
                  "exact_statistics": outputs.DATA_REPORT},

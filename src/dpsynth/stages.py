@@ -31,7 +31,6 @@ class PreparedData:
     records: Any  # dpsynth.data.encode.EncodedRecords
     loaded: Any  # dpsynth.models.loading.LoadedModel
     data_report: dict[str, Any]
-    model_info: dict[str, Any]
     units: list[list[int]] | None = None  # user-level DP: the record indices of each user (≤ the cap)
 
     @property
@@ -71,7 +70,7 @@ def load_and_encode(config: RunConfig, *, device: torch.device, console: Any) ->
     from dpsynth.data.encode import encode_records
     from dpsynth.data.reader import read_table
     from dpsynth.data.schema import DatasetSpec, validate_table
-    from dpsynth.models.loading import describe_model, load_model
+    from dpsynth.models.loading import load_model
 
     df = read_table(config.data)
     spec = DatasetSpec(text_column=config.text_column, label_columns=list(config.label_columns),
@@ -102,8 +101,7 @@ def load_and_encode(config: RunConfig, *, device: torch.device, console: Any) ->
     if units is not None:
         data_report |= {"num_users": len(units), "records_per_user_cap": config.max_records_per_user,
                         "records_dropped_by_cap": capped}
-    return PreparedData(table=table, records=records, loaded=loaded, data_report=data_report,
-                        model_info=describe_model(loaded.model) | {"name": loaded.name}, units=units)
+    return PreparedData(table=table, records=records, loaded=loaded, data_report=data_report, units=units)
 
 
 def cap_records_per_user(table: Any, user_column: str, cap: int) -> tuple[Any, list[list[int]], int]:
