@@ -188,8 +188,6 @@ def test_user_level_run_counts_users(reviews: Path, tiny_model: Path, tmp_path: 
     data = tmp_path / "users.csv"
     df.to_csv(data, index=False)
     out = tmp_path / "run"
-    values = tmp_path / "values.json"  # 20 users: too few for the threshold on values read from the data
-    values.write_text(json.dumps({"sentiment": ["fresh", "rotten"]}))
     histogram_calls: list[dict] = []
     real_histogram = labels_module.dp_label_histogram
 
@@ -198,7 +196,7 @@ def test_user_level_run_counts_users(reviews: Path, tiny_model: Path, tmp_path: 
         return real_histogram(*args, **kwargs)
 
     monkeypatch.setattr(labels_module, "dp_label_histogram", recording_histogram)
-    run(_config(data, tiny_model, out, user_column="user", max_records_per_user=3, batch_size=5, label_values=values))
+    run(_config(data, tiny_model, out, user_column="user", max_records_per_user=3, batch_size=5))
     # One user moves up to `cap` records, possibly all in one cell: the histogram's noise must scale with the cap.
     assert [c["sensitivity"] for c in histogram_calls] == [3.0]
     ledger = json.loads((out / "privacy.json").read_text())
@@ -220,12 +218,9 @@ def test_default_randomness_cannot_be_replayed_from_the_seed(reviews: Path, tiny
     """The DP attacker knows every record but one and the defaults (seed 0 included): if the default noise and
     batches followed the seed, rerunning the defaults with and without the target would match the released model
     bit for bit. So by default two runs with the same seed must differ; only --no-secure-rng repeats a run."""
-    values = tmp_path / "values.json"
-    values.write_text(json.dumps({"sentiment": ["fresh", "rotten"]}))
-
     def weights_and_labels(name: str, **kw: object) -> tuple[bytes, str]:
         out = tmp_path / name
-        run(_config(reviews, tiny_model, out, num_samples=2, max_new_tokens=2, label_values=values, **kw))
+        run(_config(reviews, tiny_model, out, num_samples=2, max_new_tokens=2, **kw))
         weights = b"".join(p.read_bytes() for p in sorted((out / "model").glob("*.safetensors")))
         return weights, (out / "label_distribution.json").read_text()
 

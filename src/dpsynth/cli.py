@@ -69,7 +69,9 @@ def _how_to_continue(name: str | None) -> str:
 
 
 def _run_interrupted(out: Path) -> _Interrupted:
-    if not (out / "checkpoint").is_dir():
+    from dpsynth.outputs import CHECKPOINT
+
+    if not (out / CHECKPOINT).is_dir():
         return _Interrupted("no checkpoint was written yet (one every --checkpoint-every steps), so start again "
                             "with --overwrite: the interrupted run released nothing")
     return _Interrupted(_how_to_continue("run"))

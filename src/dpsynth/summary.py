@@ -7,6 +7,7 @@ import math
 from rich.console import Console
 from rich.table import Table
 
+from dpsynth.outputs import DATA_REPORT
 from dpsynth.pipeline import RunResult
 
 
@@ -24,7 +25,7 @@ def print_run_summary(result: RunResult, console: Console | None = None) -> None
     table.add_row("privacy ledger", str(result.privacy_path))
     table.add_row("model", str(result.model_path))
     table.add_row("run record", str(result.run_path))
-    table.add_row("private data report", f"{result.out / 'data_report.json'} (exact counts, not covered: keep it "
+    table.add_row("private data report", f"{result.out / DATA_REPORT} (exact counts, not covered: keep it "
                                          "with the data)")
     table.add_row("time", f"{result.timings.get('total_s', 0.0):.0f} s")
     console.print(table)

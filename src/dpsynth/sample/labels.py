@@ -199,13 +199,13 @@ def dp_label_histogram(
         raise DpsynthError(f"Label column(s) {missing} are not in the data; check the label column names.")
     keys = frame[cols].astype(str)
     std = float(noise_multiplier) * float(sensitivity)
+    rng = generator if generator is not None else np.random.default_rng(seed)
     if categories is None and std > 0:
         if threshold_failure_probability is None:
             raise DpsynthError("Label values read from the private data need a threshold for the DP histogram "
                                "(threshold_failure_probability), or declare the label values.")
         return _thresholded_histogram(keys, cols, noise_multiplier, sensitivity, threshold_failure_probability,
-                                      cells_per_unit, generator if generator is not None else
-                                      np.random.default_rng(seed))
+                                      cells_per_unit, rng)
 
     if categories is not None:
         values = _declared(categories, cols)
@@ -225,7 +225,6 @@ def dp_label_histogram(
     counts = np.bincount(index[valid], minlength=len(combos)).astype(np.float64)
 
     if std > 0:
-        rng = generator if generator is not None else np.random.default_rng(seed)
         counts = counts + rng.normal(0.0, std, size=counts.shape)
     clipped = np.clip(counts, 0.0, None)
     notes: list[str] = []
