@@ -127,3 +127,25 @@ def test_one_column_cannot_play_two_roles() -> None:
             config_from_sources(None, {"data": "d", "out": "o"} | bad)
         with pytest.raises(DpsynthError, match=needle):
             make_audit_config(data="d", out="o", **bad)
+
+
+def test_resume_reads_the_settings_stored_with_the_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dpsynth run --resume --out DIR` alone continues a run: its options come from the checkpoint, made absolute
+    so that another working directory finds the same files; options given again win."""
+    from dpsynth import outputs
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.csv").write_text("text\nx\n")
+    original = RunConfig(data="d.csv", out="runs/r1", label_columns=["a", "b"], epsilon=2, batch_size=10, seed=7)
+    settings = original.resume_settings()
+    assert settings["data"] == str(tmp_path / "d.csv") and "out" not in settings and "resume" not in settings
+    outputs.write_resume_settings(tmp_path / "runs/r1", settings)
+
+    monkeypatch.chdir(tmp_path / "runs")
+    resumed = config_from_sources(None, {"out": str(tmp_path / "runs/r1"), "resume": True, "num_samples": 5})
+    assert resumed.data == tmp_path / "d.csv" and resumed.label_columns == ["a", "b"]
+    assert (resumed.epsilon, resumed.batch_size, resumed.seed, resumed.num_samples) == (2, 10, 7, 5)
+    assert resumed.resume and resumed.out == tmp_path / "runs/r1"
+    # Without --resume nothing is read from a checkpoint.
+    with pytest.raises(DpsynthError, match="--data is required"):
+        config_from_sources(None, {"out": str(tmp_path / "runs/r1")})

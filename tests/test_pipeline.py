@@ -175,7 +175,9 @@ def test_sample_more_from_a_finished_run_costs_nothing(reviews: Path, tiny_model
     assert code == 2 and "LoRA adapter" in output and not (tmp_path / "x").exists(), output
     # After `run --overwrite` the same sample command must not "resume" a file sampled from the old model.
     run(_config(reviews, tiny_model, out, epsilon=4.0, num_samples=4, overwrite=True))
-    code, output = _cli("sample", "--run", str(out), "--num", "15", "--out", str(more), "--max-new-tokens", "6")
+    # (--num-samples and --sample-batch-size: `dpsynth run`'s names work for `dpsynth sample` too.)
+    code, output = _cli("sample", "--run", str(out), "--num-samples", "15", "--out", str(more),
+                        "--max-new-tokens", "6", "--sample-batch-size", "4")
     assert code == 2 and "--overwrite" in output, output
 
 

@@ -6,6 +6,7 @@ Python API (mirrors the CLI)::
     result = dpsynth.run(dpsynth.RunConfig(data="reviews.csv", label_columns=["category", "stars"],
                                            epsilon=4, out="runs/r1"))
     result.synthetic_path, result.epsilon
+    dpsynth.resume("runs/r1")  # after an interruption: continues with the settings stored in its checkpoint
 
 Names are imported lazily so that `dpsynth --help` does not load torch.
 """
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "run": ("dpsynth.pipeline", "run"),
+    "resume": ("dpsynth.pipeline", "resume"),
     "RunResult": ("dpsynth.pipeline", "RunResult"),
     "RunConfig": ("dpsynth.config", "RunConfig"),
     "DpsynthError": ("dpsynth.errors", "DpsynthError"),

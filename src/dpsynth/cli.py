@@ -58,7 +58,7 @@ class _Interrupted(Exception):
 def _how_to_continue(name: str | None) -> str:
     """What to do after Ctrl-C, for the command that was interrupted (each resumes differently, or not at all)."""
     if name == "run":
-        return "rerun the same command with --resume to continue from the last checkpoint"
+        return "continue from the last checkpoint with `dpsynth run --resume --out DIR`"
     if name == "sample":
         return "rerun the same command: it appends the missing records"
     if name == "audit":
@@ -74,7 +74,8 @@ def _run_interrupted(out: Path) -> _Interrupted:
     if not (out / CHECKPOINT).is_dir():
         return _Interrupted("no checkpoint was written yet (one every --checkpoint-every steps), so start again "
                             "with --overwrite: the interrupted run released nothing")
-    return _Interrupted(_how_to_continue("run"))
+    return _Interrupted(f"continue with `dpsynth run --resume --out {out}` (the run's options are stored with "
+                        "its checkpoint)")
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -236,7 +237,8 @@ Example:
   dpsynth sample --run runs/r1 --num 100000 --out runs/r1/more.jsonl
 """)
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True, help="Folder of a finished run.")
-@click.option("--num", type=int, required=True, help="Synthetic records to write.")
+@click.option("--num", "--num-samples", "num", type=int, required=True,
+              help="Synthetic records to write.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output file: .csv, .jsonl or .parquet.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed (same seed → same records).")
 @click.option("--label-distribution", default=None,
@@ -248,7 +250,7 @@ Example:
 @click.option("--repetition-penalty", type=float, default=None, help="Repetition penalty (default: the run's).")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
               help="Tokens per record (default: the run's).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+@click.option("--batch-size", "--sample-batch-size", "batch_size", type=click.IntRange(min=1), default=None,
               help="Prompts per batch (default: chosen by device).")
 @click.option("--drop-duplicates/--keep-duplicates", default=False, show_default=True,
               help="Remove exact duplicate records (free post-processing; counts reported).")

@@ -64,7 +64,8 @@ class RunConfig(BaseModel):
     # --- output
     out: Path = Field(description="Output folder for synthetic data, model, privacy.json and run.json.")
     overwrite: bool = Field(False, description="Replace an existing run in --out.")
-    resume: bool = Field(False, description="Continue an interrupted run in --out from its last checkpoint.")
+    resume: bool = Field(False, description="Continue an interrupted run in --out from its last checkpoint; its "
+                                            "options are stored there, so `--resume --out DIR` is enough.")
 
     # --- model
     model: str | None = Field(None, description="Local Hugging Face folder or hub name; default: bundled SmolLM2.")
@@ -184,6 +185,19 @@ class RunConfig(BaseModel):
     def resolved_max_new_tokens(self) -> int:
         return self.max_new_tokens or self.max_tokens
 
+    def resume_settings(self) -> dict[str, Any]:
+        """The settings stored with a checkpoint for `--resume`: everything but where and how to write, with files
+        made absolute so that the run can be continued from another directory."""
+        settings = self.model_dump(mode="json", exclude={"out", "resume", "overwrite"})
+        for key in ("data", "label_values", "label_distribution"):
+            value = settings.get(key)
+            if value is None or value in ("dp", "uniform"):  # not files
+                continue
+            path = Path(value).expanduser()
+            if path.exists():
+                settings[key] = str(path.resolve())
+        return settings
+
 
 # The run settings `dpsynth audit` takes from its user and passes unchanged to every `dpsynth run` it starts.
 # RunConfig holds their one definition; a config that passes them on declares each with `run_setting`, so defaults,
@@ -220,6 +234,12 @@ def config_from_sources(toml_path: Path | None, overrides: dict[str, Any]) -> Ru
             raise DpsynthError(f"config file {toml_path} is not valid TOML ({exc})") from None
         values.update({k.replace("-", "_"): v for k, v in raw.items()})
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if values.get("resume") and values.get("out") is not None:
+        # `dpsynth run --resume --out DIR` is enough: the interrupted run stored its settings with its checkpoint.
+        # Options given now still win (a changed privacy setting is refused later, against the ledger).
+        from dpsynth.outputs import read_resume_settings
+
+        values = {**(read_resume_settings(Path(values["out"])) or {}), **values}
     try:
         return RunConfig(**values)
     except ValidationError as exc:

@@ -9,7 +9,7 @@ Layout of `--out DIR`:
     label_distribution.json  the label mix used for sampling (DP-noised or declared public)
     data_report.json  exact statistics of the private data (rows dropped, truncated, distinct labels, examples
                     trained on): for the data holder, NOT covered by the guarantee — keep it with the private data
-    checkpoint/     training state for --resume (removed when the run completes)
+    checkpoint/     training state for --resume, with the run's settings (removed when the run completes)
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ MODEL = "model"
 CHECKPOINT = "checkpoint"
 LABELS = "label_distribution.json"
 DATA_REPORT = "data_report.json"
+RESUME_SETTINGS = "settings.json"  # inside checkpoint/: what `dpsynth run --resume --out DIR` continues with
 
 
 def check_output_folder(out: Path, *, overwrite: bool, resume: bool) -> None:
@@ -80,3 +81,20 @@ def replace_dir_atomic(staging: Path, target: Path) -> None:
 def remove_checkpoint(out: Path) -> None:
     """A finished run no longer needs its training state (and should not ship intermediate models)."""
     shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
+
+
+def write_resume_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Keep the run's settings with its checkpoint, so that `--resume --out DIR` alone continues it."""
+    write_json_atomic(out / CHECKPOINT / RESUME_SETTINGS, settings)
+
+
+def read_resume_settings(out: Path) -> dict[str, Any] | None:
+    """The settings an interrupted run stored with its checkpoint; None if there are none (or they are unreadable,
+    in which case the options must be given again)."""
+    import json
+
+    try:
+        settings = json.loads((out / CHECKPOINT / RESUME_SETTINGS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return settings if isinstance(settings, dict) else None

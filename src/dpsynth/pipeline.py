@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from dpsynth import __version__, outputs
-from dpsynth.config import RunConfig
+from dpsynth.config import RunConfig, config_from_sources
 from dpsynth.errors import DpsynthError
 
 
@@ -162,3 +162,9 @@ def run(config: RunConfig, *, console: Any = None) -> RunResult:
         epsilon=ledger.epsilon if config.private else math.inf, delta=ledger.delta,
         num_samples=sample_info.get("rows_written", 0), timings=timings,
     )
+
+
+def resume(out: str | Path, **overrides: Any) -> RunResult:
+    """Continue the interrupted run in `out` with the settings stored in its checkpoint (the Python twin of
+    `dpsynth run --resume --out DIR`); keyword arguments override them, like flags."""
+    return run(config_from_sources(None, {**overrides, "out": out, "resume": True}))

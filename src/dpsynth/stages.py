@@ -279,6 +279,7 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
         def after(report: StepReport) -> None:
             bar.update(dataclasses.replace(report, step=counted[0]))
             if ctx.is_main and (report.step % config.checkpoint_every == 0 or counted[0] == budget.steps):
+                outputs.write_resume_settings(out_dir, config.resume_settings())  # before state.pt: never without
                 save_checkpoint(ckpt_dir, step=report.step, model=model, names=names, optimizer=optimizer,
                                 sampler=sampler, noise=noise)
 

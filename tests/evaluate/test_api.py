@@ -77,6 +77,18 @@ def test_end_to_end_without_embeddings(files: dict[str, Path]) -> None:
     assert any(r[0] == "Copied 8-word runs from training" and r[1].startswith("1 of 200") for r in rows)
 
 
+def test_an_earlier_evaluation_is_replaced_only_with_overwrite(files: dict[str, Path]) -> None:
+    cfg = make_config(real=files["real"], synthetic=files["synthetic"], out=files["out"], embeddings=False,
+                      show_progress=False)
+    first = evaluate_synthetic(cfg)
+    created = first.metrics_path.read_text(encoding="utf-8")
+    with pytest.raises(DpsynthError, match="already holds an evaluation .*--overwrite"):
+        evaluate_synthetic(cfg)
+    assert first.metrics_path.read_text(encoding="utf-8") == created  # refused before writing anything
+    again = evaluate_synthetic(cfg.model_copy(update={"overwrite": True}))
+    assert again.metrics_path.is_file() and again.report_path.is_file()
+
+
 def test_synthetic_defaults_to_run_folder(files: dict[str, Path]) -> None:
     frame = read_frame(files["synthetic"])
     frame.to_csv(files["run"] / "synthetic.csv", index=False)

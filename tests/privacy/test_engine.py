@@ -245,6 +245,26 @@ def test_multihead_attention_is_refused() -> None:
         ClippingEngine(model, 1.0)
 
 
+class _FlattensTokens(nn.Module):
+    """A block that folds (batch, tokens) into rows before its Linear, as some MoE and custom layers do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
+def test_a_layer_that_is_not_batch_first_is_refused() -> None:
+    """Rows of a flattened input are tokens, not examples: clipping them would bound nothing per example."""
+    engine = ClippingEngine(_FlattensTokens(), 1.0).attach()
+    x = torch.randn(3, 5, 4)
+    refused = pytest.raises(UnsupportedLayerError, match=r"layer 'proj'.*not batch-first: shape \(15, 4\)")
+    with refused, engine.microbatch(3, 5):
+        engine.model(x)
+
+
 def test_embedding_padding_idx_row_is_never_updated() -> None:
     """nn.Embedding(padding_idx=p) gives row p no gradient; the engine's norms and sums must agree even when the
     padding id also occurs inside real text."""

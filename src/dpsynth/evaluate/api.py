@@ -40,6 +40,7 @@ class EvaluateConfig(BaseModel):
     real: Path = Field(description="Real held-out records (never trained on): the test set and the fidelity reference.")
     synthetic: Path | None = Field(None, description="Synthetic records; default: RUN_DIR/synthetic.csv from --run.")
     out: Path = Field(description="Folder for metrics.json and report.html.")
+    overwrite: bool = Field(False, description="Replace an earlier evaluation (metrics.json, report.html) in --out.")
     train: Path | None = Field(None, description="Real training records: train-on-real baseline and copying checks.")
     run: Path | None = Field(None, description="Run folder whose privacy.json states the privacy guarantee.")
     text_column: str = Field("text", description="Column holding the text.")
@@ -143,6 +144,7 @@ def evaluate_synthetic(cfg: EvaluateConfig) -> EvaluationResult:
     from dpsynth.evaluate import leakage, textstats, utility
     from dpsynth.report.privacy_text import describe_privacy, load_ledger
 
+    _check_output_folder(cfg)  # before minutes of work: an earlier evaluation is not replaced unasked
     timer = _Timer()
     warnings: list[str] = []
     with timer("read"):
@@ -248,6 +250,15 @@ def evaluate_synthetic(cfg: EvaluateConfig) -> EvaluationResult:
     metrics["timings_s"] = timer.times
     write_json_atomic(metrics_path, _json_safe(metrics))
     return EvaluationResult(metrics, metrics_path, report_path, warnings)
+
+
+def _check_output_folder(cfg: EvaluateConfig) -> None:
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise DpsynthError(f"--out {cfg.out} is a file, not a folder; choose a folder path")
+    earlier = [name for name in (METRICS_FILE, REPORT_FILE) if (cfg.out / name).exists()]
+    if earlier and not cfg.overwrite:
+        raise DpsynthError(f"--out {cfg.out} already holds an evaluation ({', '.join(earlier)}); pass --overwrite to "
+                           "replace it or choose another folder")
 
 
 def _embedding_metrics(cfg: EvaluateConfig, real: TextTable, syn: TextTable, train: TextTable | None,

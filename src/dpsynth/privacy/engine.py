@@ -142,10 +142,16 @@ class ClippingEngine:
             if not isinstance(output, torch.Tensor):
                 raise UnsupportedLayerError(handler.name, module, "its output is not a single tensor")
             x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
-            rec = _Record(handler.capture_input(x.detach(), self._batch_size))
-            handler.records.append(rec)
+            inputs = handler.capture_input(x.detach(), self._batch_size)
             if output.shape[0] == 1 and self._batch_size > 1 and isinstance(handler, EmbeddingHandler):
                 output = output.expand(self._batch_size, *output.shape[1:])
+            if inputs.dim() == 0 or inputs.shape[0] != self._batch_size or output.shape[0] != self._batch_size:
+                # Rows would be taken for examples: a model that flattens (batch, tokens) into one dimension, or
+                # puts the sequence first, would get per-row norms and clip nothing per example. Refuse instead.
+                raise UnsupportedLayerError(handler.name, module, f"its input is not batch-first: shape "
+                                            f"{tuple(inputs.shape)} for a micro-batch of {self._batch_size}")
+            rec = _Record(inputs)
+            handler.records.append(rec)
             if not output.requires_grad:
                 # Nothing upstream trains: make the output a leaf so the backward pass reaches this layer.
                 output = output.detach().requires_grad_(True)
