@@ -149,3 +149,28 @@ def test_resume_reads_the_settings_stored_with_the_checkpoint(tmp_path: Path, mo
     # Without --resume nothing is read from a checkpoint.
     with pytest.raises(DpsynthError, match="--data is required"):
         config_from_sources(None, {"out": str(tmp_path / "runs/r1")})
+
+
+def test_resume_precedence_and_refusals(tmp_path: Path) -> None:
+    """Stored settings win over the TOML file (they include what flags changed then), flags win over them; a folder
+    without stored settings gets the reason, not a bare '--data is required'."""
+    from dpsynth import outputs
+
+    run_dir = tmp_path / "r"
+    settings = RunConfig(data=tmp_path / "d.csv", out=run_dir, epsilon=8, seed=3).resume_settings()
+    outputs.write_resume_settings(run_dir, {**settings, "a_setting_since_removed": 1})
+    toml = tmp_path / "run.toml"
+    toml.write_text('epsilon = 4\nseed = 1\ntop_k = 7\n')
+    cfg = config_from_sources(toml, {"out": str(run_dir), "resume": True, "seed": 9})
+    assert (cfg.epsilon, cfg.seed, cfg.top_k) == (8, 9, 50)
+
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / "run.json").write_text("{}")
+    with pytest.raises(DpsynthError, match="has finished"):
+        config_from_sources(None, {"out": str(finished), "resume": True})
+    old = tmp_path / "old"
+    (old / "checkpoint").mkdir(parents=True)
+    with pytest.raises(DpsynthError, match="holds no stored settings"):
+        config_from_sources(None, {"out": str(old), "resume": True})
+    assert config_from_sources(None, {"out": str(old), "resume": True, "data": "d.csv"}).data == Path("d.csv")

@@ -121,6 +121,20 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(reviews: Path, tiny_mod
     assert not out.exists()
 
 
+def test_a_model_the_engine_cannot_clip_is_refused_before_anything_is_written(
+        reviews: Path, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refusal used to come at the first training step, after privacy.json and the (paid-for) label histogram
+    were written: the pre-flight check now runs before the output folder is touched."""
+    import dpsynth.privacy.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "is_norm", lambda module: False)  # RMSNorm becomes a layer it cannot clip
+    out = tmp_path / "never"
+    code, output = _cli("run", "--data", str(reviews), "--model", str(tiny_model), "--out", str(out),
+                        "--label-columns", "sentiment", "--finetune", "full")
+    assert code == 2 and "cannot clip per-example gradients of layer" in output and "LlamaRMSNorm" in output, output
+    assert not out.exists()
+
+
 def test_not_a_causal_lm_is_refused(reviews: Path, tmp_path: Path) -> None:
     import importlib.util
 

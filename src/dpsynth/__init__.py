@@ -6,7 +6,7 @@ Python API (mirrors the CLI)::
     result = dpsynth.run(dpsynth.RunConfig(data="reviews.csv", label_columns=["category", "stars"],
                                            epsilon=4, out="runs/r1"))
     result.synthetic_path, result.epsilon
-    dpsynth.resume("runs/r1")  # after an interruption: continues with the settings stored in its checkpoint
+    # after an interruption instead: dpsynth.resume("runs/r1") continues with the settings in its checkpoint
 
 Names are imported lazily so that `dpsynth --help` does not load torch.
 """

@@ -24,6 +24,7 @@ Examples:
   dpsynth run --data reviews.csv --text-column text --label-columns category,stars --epsilon 4 --out runs/r1
   dpsynth run --config run.toml --epsilon 8           # flags override the TOML file
   dpsynth run --data reviews.csv --epsilon inf --out runs/nodp   # same pipeline without DP, for comparison
+  dpsynth run --resume --out runs/r1    # continue an interrupted run with the options stored in its checkpoint
 \b
 Outputs in --out: synthetic.csv, privacy.json (the privacy ledger), run.json, model/, label_distribution.json
 (all covered by the guarantee) and data_report.json (exact counts from your data: keep it private).
@@ -161,7 +162,7 @@ def _evaluate_options(func: Any) -> Any:
 def run_cmd(config_file: Path | None, **flags: Any) -> None:
     """Train a DP model on a private table and write a synthetic copy with its privacy report.
 
-    Needs --data and --out (on the command line or in --config).
+    Needs --data and --out (on the command line or in --config); --resume needs only --out.
     """
     from dpsynth.config import config_from_sources
     from dpsynth.pipeline import run

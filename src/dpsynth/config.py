@@ -65,7 +65,8 @@ class RunConfig(BaseModel):
     out: Path = Field(description="Output folder for synthetic data, model, privacy.json and run.json.")
     overwrite: bool = Field(False, description="Replace an existing run in --out.")
     resume: bool = Field(False, description="Continue an interrupted run in --out from its last checkpoint; its "
-                                            "options are stored there, so `--resume --out DIR` is enough.")
+                                            "options are stored there, so `--resume --out DIR` is enough (from "
+                                            "Python: dpsynth.resume(DIR)).")
 
     # --- model
     model: str | None = Field(None, description="Local Hugging Face folder or hub name; default: bundled SmolLM2.")
@@ -194,8 +195,8 @@ class RunConfig(BaseModel):
             if value is None or value in ("dp", "uniform"):  # not files
                 continue
             path = Path(value).expanduser()
-            if path.exists():
-                settings[key] = str(path.resolve())
+            if path.exists():  # absolute, not resolved: other nodes may reach the same file by another link
+                settings[key] = str(path.absolute())
         return settings
 
 
@@ -223,7 +224,7 @@ def run_setting(name: str, note: str = "") -> Any:
 
 def config_from_sources(toml_path: Path | None, overrides: dict[str, Any]) -> RunConfig:
     """Merge a TOML config file with command-line flags (flags win) into one validated RunConfig."""
-    values: dict[str, Any] = {}
+    from_file: dict[str, Any] = {}
     if toml_path is not None:
         try:
             with open(toml_path, "rb") as fh:
@@ -232,18 +233,33 @@ def config_from_sources(toml_path: Path | None, overrides: dict[str, Any]) -> Ru
             raise DpsynthError(f"config file {toml_path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise DpsynthError(f"config file {toml_path} is not valid TOML ({exc})") from None
-        values.update({k.replace("-", "_"): v for k, v in raw.items()})
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    if values.get("resume") and values.get("out") is not None:
-        # `dpsynth run --resume --out DIR` is enough: the interrupted run stored its settings with its checkpoint.
-        # Options given now still win (a changed privacy setting is refused later, against the ledger).
-        from dpsynth.outputs import read_resume_settings
-
-        values = {**(read_resume_settings(Path(values["out"])) or {}), **values}
+        from_file = {k.replace("-", "_"): v for k, v in raw.items()}
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    values = {**from_file, **flags}
+    if values.get("resume") and not values.get("overwrite") and values.get("out") is not None:
+        # `dpsynth run --resume --out DIR` is enough: the interrupted run stored the settings it ran with (its
+        # TOML file's included) with its checkpoint. They win over the TOML file; flags given now win over them
+        # (a changed privacy setting is then refused against the ledger).
+        values = {**from_file, **_stored_settings(Path(values["out"]), given=values), **flags}
     try:
         return RunConfig(**values)
     except ValidationError as exc:
         raise DpsynthError(describe_validation_error(exc)) from None
+
+
+def _stored_settings(out: Path, *, given: dict[str, Any]) -> dict[str, Any]:
+    """The settings an interrupted run stored with its checkpoint (settings this version no longer has are left
+    out). Without any, the folder's own state explains why: finished, never checkpointed, or an older run."""
+    from dpsynth import outputs
+
+    stored = outputs.read_resume_settings(out)
+    if stored is None:
+        outputs.check_output_folder(out, overwrite=False, resume=True)  # a finished or unstarted run: its message
+        if "data" not in given:
+            raise DpsynthError(f"{out / outputs.CHECKPOINT} holds no stored settings (an older dpsynth wrote it, or "
+                               "it is unreadable): resume with the interrupted run's options given again")
+        return {}
+    return {k: v for k, v in stored.items() if k in RunConfig.model_fields}
 
 
 def describe_validation_error(exc: ValidationError) -> str:

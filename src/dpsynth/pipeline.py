@@ -73,6 +73,7 @@ def run(config: RunConfig, *, console: Any = None) -> RunResult:
         build_label_distribution,
         load_and_encode,
         plan_privacy,
+        prepare_model,
         sample_stage,
         save_model,
         train_stage,
@@ -97,6 +98,7 @@ def run(config: RunConfig, *, console: Any = None) -> RunResult:
     prepared = load_and_encode(config, device=device, console=console)
     timings["load_and_encode_s"] = time.perf_counter() - t
     budget = plan_privacy(config, prepared)  # refuses an unreachable (ε, δ) before anything is written
+    prepare_model(config, prepared, device=device)  # refuses a model the engine cannot clip, also before
     # Before training: a label setting that cannot work (e.g. no combination clears the DP threshold) must stop
     # the run before hours of training, not after. The same on every rank.
     labels = build_label_distribution(config, prepared, budget, dist_ctx=ctx)

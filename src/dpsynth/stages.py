@@ -180,11 +180,26 @@ def _carry_over_spending(path: Path, ledger: Any) -> None:
             ledger.add(m)
 
 
+def prepare_model(config: RunConfig, prepared: PreparedData, *, device: torch.device) -> None:
+    """Put the LoRA adapters on (seeded) and the model on the device; with DP, check that the engine can clip every
+    trained layer (one pass on dummy tokens) — before the run writes anything or pays for its label histogram."""
+    from dpsynth.models.lora import apply_lora
+    from dpsynth.train.dp_trainer import check_clippable
+
+    loaded = prepared.loaded
+    torch.manual_seed(config.seed)
+    if config.finetune == "lora":
+        loaded.model = apply_lora(loaded.model, r=config.lora_rank, alpha=config.lora_alpha,
+                                  target_modules=config.lora_targets or None)
+    loaded.model = loaded.model.to(device)
+    if config.private:
+        check_clippable(loaded.model, device)
+
+
 def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut, *, device: torch.device,
                 precision: str, console: Any, dist_ctx: Any = None) -> dict[str, Any]:
     """Fine-tune (LoRA or full) with DP-SGD, or without DP for ε = ∞. Under torchrun only rank 0 writes."""
     from dpsynth.data.encode import collate
-    from dpsynth.models.lora import apply_lora
     from dpsynth.privacy.accounting import EpsilonTracker
     from dpsynth.privacy.noise import NoiseSource
     from dpsynth.privacy.sampling import PoissonSampler
@@ -201,11 +216,7 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
     from dpsynth.train.progress import TrainingProgress
 
     loaded = prepared.loaded
-    torch.manual_seed(config.seed)
-    if config.finetune == "lora":
-        loaded.model = apply_lora(loaded.model, r=config.lora_rank, alpha=config.lora_alpha,
-                                  target_modules=config.lora_targets or None)
-    model = loaded.model.to(device)
+    model = loaded.model  # adapters on and on the device: prepare_model
     # d, the number of trained weights: the DP noise's norm grows with √d, so it is worth showing with the run.
     trained = {"trainable_weights": sum(p.numel() for p in model.parameters() if p.requires_grad),
                "lora_targets": (sorted({n.split(".lora_")[0].rsplit(".", 1)[-1]
@@ -264,6 +275,7 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
         ledger.set_dpsgd_steps(spent)
         if ctx.is_main:
             ledger.write(out_dir / outputs.PRIVACY)
+            outputs.write_resume_settings(out_dir, config.resume_settings())  # what this session continues with
     remaining = resume_plan(budget.steps, start_step, spent).remaining_steps
     counted = [spent]
 

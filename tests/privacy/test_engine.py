@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
 from dpsynth.errors import DpsynthError
 from dpsynth.privacy.engine import ClippingEngine
@@ -142,6 +142,34 @@ def test_gpt2_lora_conv1d() -> None:
     assert_match(model, 0.01)
 
 
+def tiny_opt() -> nn.Module:
+    torch.manual_seed(0)
+    cfg = OPTConfig(vocab_size=VOCAB, hidden_size=24, num_hidden_layers=2, ffn_dim=40, num_attention_heads=4,
+                    max_position_embeddings=64, word_embed_proj_dim=24, dropout=0.0)
+    return OPTForCausalLM(cfg).float()
+
+
+def test_opt_lora_on_its_folded_mlp() -> None:
+    """OPT folds (batch, tokens) into rows before fc1/fc2 and its final LayerNorm: the engine unfolds them."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_opt(), LoraConfig(r=4, target_modules=["q_proj", "fc1", "fc2"]))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            nn.init.normal_(p, std=0.1)
+    assert_match(model, 0.01)
+    for n, p in model.named_parameters():  # LayerNorms too: their inputs are folded as well
+        p.requires_grad_("lora_" in n or "final_layer_norm" in n)
+    assert_match(model, 0.01)
+
+
+def test_a_layer_with_its_own_forward_is_refused() -> None:
+    """OPT's positional embedding is called with the attention mask and looks up positions it computes itself:
+    per-example formulas fed with its input would be wrong, so it is refused by name."""
+    with pytest.raises(UnsupportedLayerError, match=r"embed_positions' \(OPTLearnedPositionalEmbedding\).*forward"):
+        ClippingEngine(tiny_opt(), 1.0)
+
+
 def test_partially_frozen_model() -> None:
     """Frozen embeddings (no gradient reaches the first trainable layer through a trainable input)."""
     model = tiny_llama(tied=False)
@@ -245,22 +273,22 @@ def test_multihead_attention_is_refused() -> None:
         ClippingEngine(model, 1.0)
 
 
-class _FlattensTokens(nn.Module):
-    """A block that folds (batch, tokens) into rows before its Linear, as some MoE and custom layers do."""
+class _SequenceFirst(nn.Module):
+    """A block that runs its Linear on (tokens, batch, features), as sequence-first code does."""
 
     def __init__(self) -> None:
         super().__init__()
         self.proj = nn.Linear(4, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+        return self.proj(x.transpose(0, 1)).transpose(0, 1)
 
 
 def test_a_layer_that_is_not_batch_first_is_refused() -> None:
-    """Rows of a flattened input are tokens, not examples: clipping them would bound nothing per example."""
-    engine = ClippingEngine(_FlattensTokens(), 1.0).attach()
+    """Rows of a sequence-first input are tokens, not examples: clipping them would bound nothing per example."""
+    engine = ClippingEngine(_SequenceFirst(), 1.0).attach()
     x = torch.randn(3, 5, 4)
-    refused = pytest.raises(UnsupportedLayerError, match=r"layer 'proj'.*not batch-first: shape \(15, 4\)")
+    refused = pytest.raises(UnsupportedLayerError, match=r"layer 'proj'.*not batch-first: shape \(5, 3, 4\)")
     with refused, engine.microbatch(3, 5):
         engine.model(x)
 

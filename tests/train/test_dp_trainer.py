@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import pytest
 import torch
 
 from dpsynth.data.encode import collate
+from dpsynth.errors import DpsynthError
 from dpsynth.privacy.noise import NoiseSource
-from dpsynth.train.dp_trainer import DPTrainer, DPTrainingPlan, make_optimizer
+from dpsynth.train.dp_trainer import DPTrainer, DPTrainingPlan, check_clippable, make_optimizer
 from tests.privacy.test_engine import make_batch, tiny_llama
 
 
@@ -68,3 +72,43 @@ def test_noise_is_added_once_per_step_with_std_sigma_c_over_expected_batch() -> 
     expected = 0.8 * 0.05 / 4.0
     # ~15k coordinates: relative standard error of the std ≈ 0.6%; 3% is 5 standard errors.
     assert noise.numel() > 10_000 and abs(float(noise.std()) / expected - 1) < 0.03
+
+
+class _TimeMajorLM(torch.nn.Module):
+    """A toy LM whose middle layer sees (token, example)-ordered rows: by shape it looks like OPT's batch-major
+    folding, so only the pre-flight's comparison with a direct computation can tell it apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(50, 8)
+        self.mix = torch.nn.Linear(8, 8)
+        self.head = torch.nn.Linear(8, 50)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.embed
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> SimpleNamespace:
+        h = self.embed(input_ids)
+        b, t, d = h.shape
+        rows = torch.tanh(self.mix(h.transpose(0, 1).reshape(t * b, d)))
+        return SimpleNamespace(logits=self.head(rows.reshape(t, b, d).transpose(0, 1)))
+
+
+def test_preflight_refuses_a_model_the_engine_would_clip_wrongly() -> None:
+    with pytest.raises(DpsynthError, match="cannot clip _TimeMajorLM correctly"):
+        check_clippable(_TimeMajorLM(), torch.device("cpu"))
+
+
+def test_preflight_passes_supported_models_and_leaves_them_untouched() -> None:
+    from dpsynth.models.lora import apply_lora
+
+    for model in (tiny_llama(), apply_lora(tiny_llama(), r=2)):
+        model.train()
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        rng = torch.get_rng_state()
+        check_clippable(model, torch.device("cpu"))
+        assert model.training and torch.equal(torch.get_rng_state(), rng)
+        for n, p in model.named_parameters():
+            assert p.grad is None and torch.equal(p, before[n]), n
+        assert not model._forward_hooks and all(not m._forward_hooks for m in model.modules())

@@ -69,6 +69,7 @@ class ClippingEngine:
         self._active = False
         self._suspended = False
         self._batch_size = 0
+        self._seq_len = 0
 
     # ------------------------------------------------------------------ discovery
     def _discover(self, seq_len_hint: int) -> None:
@@ -96,6 +97,12 @@ class ClippingEngine:
 
     def _make_handler(self, name: str, module: nn.Module, own: dict[str, nn.Parameter],
                       seq_len_hint: int) -> LayerHandler:
+        for base in (nn.Linear, nn.Embedding):
+            if isinstance(module, base) and type(module).forward is not base.forward:
+                # The per-example formulas assume the base forward: OPT's positional embedding is called with the
+                # attention mask (not the ids it looks up), Gemma's scales the rows it returns. Refuse, never guess.
+                raise UnsupportedLayerError(name, module, f"it replaces nn.{base.__name__}'s forward, so its input "
+                                            "and output are not what its per-example gradient is computed from")
         if isinstance(module, nn.Linear):
             return LinearHandler(name, module, own, transposed=False, seq_len_hint=seq_len_hint)
         if is_conv1d(module):
@@ -142,14 +149,21 @@ class ClippingEngine:
             if not isinstance(output, torch.Tensor):
                 raise UnsupportedLayerError(handler.name, module, "its output is not a single tensor")
             x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
-            inputs = handler.capture_input(x.detach(), self._batch_size)
-            if output.shape[0] == 1 and self._batch_size > 1 and isinstance(handler, EmbeddingHandler):
-                output = output.expand(self._batch_size, *output.shape[1:])
-            if inputs.dim() == 0 or inputs.shape[0] != self._batch_size or output.shape[0] != self._batch_size:
-                # Rows would be taken for examples: a model that flattens (batch, tokens) into one dimension, or
-                # puts the sequence first, would get per-row norms and clip nothing per example. Refuse instead.
+            b, t = self._batch_size, self._seq_len
+            inputs = handler.capture_input(x.detach(), b)
+            if output.shape[0] == 1 and b > 1 and isinstance(handler, EmbeddingHandler):
+                output = output.expand(b, *output.shape[1:])
+            # Some models (OPT) fold (batch, tokens) into one dimension around their MLP: batch-major rows are
+            # unfolded back. Time-major folding looks the same by shape; the pre-flight check (check_clippable)
+            # compares the norms with a direct per-example computation and refuses the model if they differ.
+            folded = (t > 1 and inputs.dim() == 2 and inputs.shape[0] == b * t and output.dim() == 2
+                      and output.shape[0] == b * t)
+            if folded:
+                inputs = inputs.unflatten(0, (b, t))
+            elif inputs.dim() == 0 or inputs.shape[0] != b or output.shape[0] != b:
+                # Rows would be taken for examples: per-row norms would clip nothing per example. Refuse instead.
                 raise UnsupportedLayerError(handler.name, module, f"its input is not batch-first: shape "
-                                            f"{tuple(inputs.shape)} for a micro-batch of {self._batch_size}")
+                                            f"{tuple(inputs.shape)} for a micro-batch of {b}")
             rec = _Record(inputs)
             handler.records.append(rec)
             if not output.requires_grad:
@@ -157,7 +171,7 @@ class ClippingEngine:
                 output = output.detach().requires_grad_(True)
 
             def on_grad(grad: torch.Tensor) -> None:
-                rec.grad_output = grad.detach()
+                rec.grad_output = grad.detach().unflatten(0, (b, t)) if folded else grad.detach()
                 handler.on_grad(rec)
 
             output.register_hook(on_grad)
@@ -176,6 +190,7 @@ class ClippingEngine:
             if isinstance(h, LinearHandler):
                 h.set_seq_len(seq_len)
         self._batch_size = batch_size
+        self._seq_len = seq_len
         self._active = True
         try:
             yield

@@ -421,9 +421,12 @@ class UnsupportedLayerError(DpsynthError):
 
     def __init__(self, name: str, module: nn.Module, why: str = "") -> None:
         reason = f" ({why})" if why else ""
+        if ".lora_" in name:  # already LoRA: the way out is to leave that projection's module without adapters
+            fix = f"leave '{name.split('.lora_')[0].rsplit('.', 1)[-1]}' out of --lora-targets."
+        else:
+            fix = "freeze it (requires_grad=False) or fine-tune with LoRA."
         super().__init__(
-            f"dpsynth cannot clip per-example gradients of layer '{name}' ({type(module).__name__}){reason}; "
-            "freeze it (requires_grad=False) or fine-tune with LoRA."
+            f"dpsynth cannot clip per-example gradients of layer '{name}' ({type(module).__name__}){reason}; {fix}"
         )
         self.layer_name = name
 

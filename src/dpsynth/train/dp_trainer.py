@@ -234,3 +234,49 @@ def train_nonprivate(
         if after_step is not None:
             after_step(StepReport(step, total, len(ids), loss_sum / len(ids), time.perf_counter() - ts))
     return TrainResult(total, time.perf_counter() - t0, seen)
+
+
+
+def check_clippable(model: nn.Module, device: torch.device, *, batch: int = 2, seq_len: int = 6) -> None:
+    """Pre-flight, before a run writes or pays for anything: one clipped backward pass on dummy token ids (no data),
+    its per-example gradient norms checked against plain autograd, one example at a time.
+
+    Why: the engine's formulas hold for layers that compute what their class says on batch-first rows. A layer the
+    engine cannot clip is refused by name when the engine attaches; one that breaks an assumption silently — a
+    custom forward, examples mixed in a folded dimension — shows up here as a norm mismatch, and the model is
+    refused instead of being clipped wrongly. Weights and random state are left as they were; no gradient remains.
+    """
+    from dpsynth.errors import DpsynthError
+
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = (torch.arange(batch * seq_len, device=device).view(batch, seq_len) * 7919 + 11) % vocab
+    mask = torch.ones_like(ids)
+    was_training = model.training
+    model.eval()  # no dropout: the batched pass and the one-example passes must compute the same function
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            engine = ClippingEngine(model, 1.0).attach()
+            try:
+                with engine.microbatch(batch, seq_len):
+                    losses = per_example_lm_loss(model(input_ids=ids, attention_mask=mask).logits, ids)
+                engine_norms = engine.backward(losses).double().cpu()
+            finally:
+                engine.summed.clear()
+                engine.detach()
+            trained = [p for p in model.parameters() if p.requires_grad]
+            direct = []
+            for i in range(batch):
+                model.zero_grad(set_to_none=True)
+                one = ids[i : i + 1]
+                per_example_lm_loss(model(input_ids=one, attention_mask=mask[i : i + 1]).logits, one).sum().backward()
+                direct.append(torch.sqrt(sum(p.grad.double().pow(2).sum() for p in trained if p.grad is not None)))
+            model.zero_grad(set_to_none=True)
+    finally:
+        model.train(was_training)
+    direct_norms = torch.stack(direct).cpu()
+    if not torch.allclose(engine_norms, direct_norms, rtol=5e-3, atol=1e-6):  # kernels differ by batch size
+        raise DpsynthError(
+            f"dpsynth cannot clip {type(model).__name__} correctly: its per-example gradient norms on a test batch "
+            f"({', '.join(f'{v:.4g}' for v in engine_norms.tolist())}) differ from a direct computation "
+            f"({', '.join(f'{v:.4g}' for v in direct_norms.tolist())}), so a layer mixes examples or computes "
+            "something other than its class; fine-tune with LoRA (other --lora-targets) or use another model.")
