@@ -100,6 +100,33 @@ def test_preflight_refuses_a_model_the_engine_would_clip_wrongly() -> None:
         check_clippable(_TimeMajorLM(), torch.device("cpu"))
 
 
+class _TimeMajorDownProj(torch.nn.Module):
+    """Wraps a Llama MLP so that only its down projection sees (token, example)-ordered rows: a layer with a tiny
+    share of the gradient norm, which a check of total norms alone let through (red-team, session 5)."""
+
+    def __init__(self, mlp: torch.nn.Module) -> None:
+        super().__init__()
+        self.mlp = mlp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.mlp.act_fn(self.mlp.gate_proj(x)) * self.mlp.up_proj(x)
+        b, t, d = h.shape
+        out = self.mlp.down_proj(h.transpose(0, 1).reshape(t * b, d))
+        return out.reshape(t, b, -1).transpose(0, 1)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_preflight_refuses_a_small_share_of_mixed_rows(lora: bool) -> None:
+    from dpsynth.models.lora import apply_lora
+
+    model = tiny_llama()
+    model.model.layers[-1].mlp = _TimeMajorDownProj(model.model.layers[-1].mlp)
+    if lora:  # as a run does it: B = 0 at the start, so the A matrices carry no gradient unless B is randomised
+        model = apply_lora(model, r=2)
+    with pytest.raises(DpsynthError, match="gradient of '.*down_proj.*' differs"):
+        check_clippable(model, torch.device("cpu"))
+
+
 def test_preflight_passes_supported_models_and_leaves_them_untouched() -> None:
     from dpsynth.models.lora import apply_lora
 

@@ -204,6 +204,18 @@ class ClippingEngine:
         unit must be in this micro-batch. Returns each unit's gradient norm before clipping (private: for tests
         and debugging, never for logs).
         """
+        norms, grouping = self.backward_norms(per_example_loss, groups)
+        clip = grouping.to_rows((self.clip_norm / (norms + _EPS)).clamp(max=1.0))
+        for h in self.handlers:
+            h.add_clipped(clip, self.summed)
+            h.reset()
+        self.units_in_step += grouping.num_units
+        return norms
+
+    def backward_norms(self, per_example_loss: torch.Tensor,
+                       groups: torch.Tensor | None = None) -> tuple[torch.Tensor, Grouping]:
+        """The backward pass and each unit's gradient norm; the layers keep what they recorded until `backward`
+        consumes it or `release()` drops it (the pre-flight check reads single rows' gradients in between)."""
         b = per_example_loss.shape[0]
         if b != self._batch_size:
             raise ValueError(f"expected {self._batch_size} per-example losses, got {b}")
@@ -216,13 +228,22 @@ class ClippingEngine:
         del grams
         for cross in self.cross_terms:
             norm_sq += cross.norm_sq(grouping).to(norm_sq.device)
-        norms = norm_sq.clamp_min(0).sqrt()
-        clip = grouping.to_rows((self.clip_norm / (norms + _EPS)).clamp(max=1.0))
+        return norm_sq.clamp_min(0).sqrt(), grouping
+
+    def row_gradient(self, row: int, device: torch.device) -> dict[nn.Parameter, torch.Tensor]:
+        """One row's unclipped gradient after `backward_norms`, computed the way clipped sums are (a one-hot clip
+        vector): what the pre-flight check compares with autograd. Never used in training."""
+        one_hot = torch.zeros(self._batch_size, dtype=torch.float32, device=device)
+        one_hot[row] = 1.0
+        sums: dict[nn.Parameter, torch.Tensor] = {}
         for h in self.handlers:
-            h.add_clipped(clip, self.summed)
+            h.add_clipped(one_hot, sums)
+        return sums
+
+    def release(self) -> None:
+        """Drop what the layers recorded (after `backward_norms` without `backward`)."""
+        for h in self.handlers:
             h.reset()
-        self.units_in_step += grouping.num_units
-        return norms
 
     # ------------------------------------------------------------------ per logical step
     def clipped_sum(self, param: nn.Parameter) -> torch.Tensor:

@@ -142,7 +142,8 @@ class DPTrainer:
             batch = {k: v.to(self.device) for k, v in self.collate(chunk).items()}
             b, t = batch["input_ids"].shape
             with self.engine.microbatch(b, t), autocast_for(self.device, self.precision):
-                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                    **lm_forward_kwargs(self.model)).logits
                 losses = per_example_lm_loss(logits, batch["labels"])
             del logits
             self.engine.backward(losses, groups=groups)
@@ -237,46 +238,91 @@ def train_nonprivate(
 
 
 
-def check_clippable(model: nn.Module, device: torch.device, *, batch: int = 2, seq_len: int = 6) -> None:
-    """Pre-flight, before a run writes or pays for anything: one clipped backward pass on dummy token ids (no data),
-    its per-example gradient norms checked against plain autograd, one example at a time.
 
-    Why: the engine's formulas hold for layers that compute what their class says on batch-first rows. A layer the
-    engine cannot clip is refused by name when the engine attaches; one that breaks an assumption silently — a
-    custom forward, examples mixed in a folded dimension — shows up here as a norm mismatch, and the model is
-    refused instead of being clipped wrongly. Weights and random state are left as they were; no gradient remains.
+def lm_forward_kwargs(model: nn.Module) -> dict[str, object]:
+    """Training never decodes: no KV cache (less memory; some models' cached eval path is not differentiable)."""
+    return {"use_cache": False} if hasattr(getattr(model, "config", None), "use_cache") else {}
+
+
+def check_clippable(model: nn.Module, device: torch.device, *, seq_len: int = 6) -> None:
+    """Pre-flight, before a run writes or pays for anything: one engine pass on three dummy examples (token ids, no
+    data), each example's gradient — parameter by parameter — and its norm compared with plain autograd on that
+    example alone.
+
+    Why: the engine's formulas hold for layers that compute what their class says on rows that belong to one
+    example. A layer it cannot clip is refused by name when it attaches; one that breaks an assumption silently —
+    rows of several examples mixed (a time-major fold looks like OPT's batch-major one), a custom forward — shows
+    here. The middle example has every label masked: its true gradient is exactly zero, so any gradient of another
+    example attributed to it shows, however small the layer's share of the norm. LoRA B matrices (zero at the
+    start) are randomised for the check so the A matrices are exercised too. Weights, random state and training
+    mode are restored; no gradient remains.
     """
     from dpsynth.errors import DpsynthError
+    from dpsynth.train.loss import IGNORE_INDEX
 
+    batch, masked = 3, 1
     vocab = model.get_input_embeddings().num_embeddings
     ids = (torch.arange(batch * seq_len, device=device).view(batch, seq_len) * 7919 + 11) % vocab
+    labels = ids.clone()
+    labels[masked] = IGNORE_INDEX
     mask = torch.ones_like(ids)
+    kwargs = lm_forward_kwargs(model)
+    names = {id(p): n for n, p in model.named_parameters()}
     was_training = model.training
     model.eval()  # no dropout: the batched pass and the one-example passes must compute the same function
+    saved: dict[str, torch.Tensor] = {}
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if p.requires_grad and "lora_B" in n and not p.any():
+                        saved[n] = p.detach().clone()
+                        p.normal_(std=1.0 / max(1, p.shape[-1]))
             engine = ClippingEngine(model, 1.0).attach()
             try:
                 with engine.microbatch(batch, seq_len):
-                    losses = per_example_lm_loss(model(input_ids=ids, attention_mask=mask).logits, ids)
-                engine_norms = engine.backward(losses).double().cpu()
+                    losses = per_example_lm_loss(model(input_ids=ids, attention_mask=mask, **kwargs).logits, labels)
+                norms, _ = engine.backward_norms(losses)
             finally:
-                engine.summed.clear()
-                engine.detach()
+                engine.detach()  # the layers keep their records for row_gradient
             trained = [p for p in model.parameters() if p.requires_grad]
-            direct = []
-            for i in range(batch):
+            scale = 0.0
+            try:
+                for i in (0, 2, masked):  # an unmasked example first: it sets the scale of "zero"
+                    model.zero_grad(set_to_none=True)
+                    out = model(input_ids=ids[i : i + 1], attention_mask=mask[i : i + 1], **kwargs).logits
+                    per_example_lm_loss(out, labels[i : i + 1]).sum().backward()
+                    got = engine.row_gradient(i, device)
+                    direct_sq = 0.0
+                    for p in trained:
+                        want = (p.grad if p.grad is not None else torch.zeros_like(p)).float()
+                        have = got.get(p, torch.zeros_like(want))
+                        scale = max(scale, float(want.abs().max()))
+                        direct_sq += float(want.double().pow(2).sum())
+                        if not torch.allclose(have, want, rtol=5e-3, atol=1e-5 * scale + 1e-12):
+                            raise DpsynthError(
+                                f"dpsynth cannot clip {type(model).__name__} correctly: on a test example the "
+                                f"engine's gradient of '{names[id(p)]}' differs from a direct computation (by up to "
+                                f"{float((have - want).abs().max()):.3g}), so that layer mixes examples or computes "
+                                "something other than its class; fine-tune with LoRA (other --lora-targets) or use "
+                                "another model.")
+                    if not math.isclose(float(norms[i]), math.sqrt(direct_sq), rel_tol=5e-3, abs_tol=1e-5 * scale):
+                        raise DpsynthError(
+                            f"dpsynth cannot clip {type(model).__name__} correctly: a test example's gradient norm "
+                            f"is {float(norms[i]):.4g} by the engine and {math.sqrt(direct_sq):.4g} directly; "
+                            "fine-tune with LoRA (other --lora-targets) or use another model.")
+            finally:
+                engine.release()
                 model.zero_grad(set_to_none=True)
-                one = ids[i : i + 1]
-                per_example_lm_loss(model(input_ids=one, attention_mask=mask[i : i + 1]).logits, one).sum().backward()
-                direct.append(torch.sqrt(sum(p.grad.double().pow(2).sum() for p in trained if p.grad is not None)))
-            model.zero_grad(set_to_none=True)
+    except DpsynthError:
+        raise
+    except Exception as exc:  # a model whose training pass fails: one line, before anything is written
+        raise DpsynthError(f"a test training pass of {type(model).__name__} failed ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else 'no message'}); this model cannot be "
+                           "trained with DP here — try --finetune lora or another model") from exc
     finally:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in saved:
+                    p.copy_(saved[n])
         model.train(was_training)
-    direct_norms = torch.stack(direct).cpu()
-    if not torch.allclose(engine_norms, direct_norms, rtol=5e-3, atol=1e-6):  # kernels differ by batch size
-        raise DpsynthError(
-            f"dpsynth cannot clip {type(model).__name__} correctly: its per-example gradient norms on a test batch "
-            f"({', '.join(f'{v:.4g}' for v in engine_norms.tolist())}) differ from a direct computation "
-            f"({', '.join(f'{v:.4g}' for v in direct_norms.tolist())}), so a layer mixes examples or computes "
-            "something other than its class; fine-tune with LoRA (other --lora-targets) or use another model.")
