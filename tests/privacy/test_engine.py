@@ -9,7 +9,16 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+from transformers import (
+    FalconConfig,
+    FalconForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
+)
 
 from dpsynth.errors import DpsynthError
 from dpsynth.privacy.engine import ClippingEngine
@@ -165,9 +174,23 @@ def test_opt_lora_on_its_folded_mlp() -> None:
 
 def test_a_layer_with_its_own_forward_is_refused() -> None:
     """OPT's positional embedding is called with the attention mask and looks up positions it computes itself:
-    per-example formulas fed with its input would be wrong, so it is refused by name."""
-    with pytest.raises(UnsupportedLayerError, match=r"embed_positions' \(OPTLearnedPositionalEmbedding\).*forward"):
-        ClippingEngine(tiny_opt(), 1.0)
+    per-example formulas fed with its input would be wrong, so it is refused by name on its first call."""
+    engine = ClippingEngine(tiny_opt(), 1.0).attach()
+    batch = make_batch()
+    refused = pytest.raises(UnsupportedLayerError,
+                            match=r"embed_positions' \(OPTLearnedPositionalEmbedding\).*other than nn.Embedding's")
+    with refused, engine.microbatch(*batch["input_ids"].shape):
+        engine.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+
+def test_a_linear_subclass_computing_the_same_is_clipped() -> None:
+    """Falcon's FalconLinear has its own forward but computes x·Wᵀ + b: accepted, and exact."""
+    torch.manual_seed(0)
+    model = FalconForCausalLM(FalconConfig(vocab_size=VOCAB, hidden_size=24, num_hidden_layers=2,
+                                           num_attention_heads=4, new_decoder_architecture=False, alibi=False,
+                                           bias=True)).float()
+    assert any(type(m).__name__ == "FalconLinear" for m in model.modules())
+    assert_match(model, 0.05)
 
 
 def test_partially_frozen_model() -> None:

@@ -87,6 +87,9 @@ class LayerHandler:
     module: nn.Module
     params: dict[str, nn.Parameter]
     records: list[_Record] = field(default_factory=list)
+    # A Linear/Embedding subclass with its own forward: checked, on its first call, to compute what its base class
+    # does (Falcon's does; OPT's positional embedding and Gemma's scaled one do not), refused otherwise.
+    check_forward: bool = False
 
     kind = "base"
 
@@ -424,7 +427,7 @@ class UnsupportedLayerError(DpsynthError):
         if ".lora_" in name:  # already LoRA: the way out is to leave that projection's module without adapters
             fix = f"leave '{name.split('.lora_')[0].rsplit('.', 1)[-1]}' out of --lora-targets."
         else:
-            fix = "freeze it (requires_grad=False) or fine-tune with LoRA."
+            fix = "fine-tune with LoRA (--finetune lora), or freeze that layer (requires_grad=False) from Python."
         super().__init__(
             f"dpsynth cannot clip per-example gradients of layer '{name}' ({type(module).__name__}){reason}; {fix}"
         )
