@@ -159,8 +159,8 @@ class ClippingEngine:
             if output.shape[0] == 1 and b > 1 and isinstance(handler, EmbeddingHandler):
                 output = output.expand(b, *output.shape[1:])
             # Some models (OPT) fold (batch, tokens) into one dimension around their MLP: batch-major rows are
-            # unfolded back. Time-major folding looks the same by shape; the pre-flight check (check_clippable)
-            # compares the norms with a direct per-example computation and refuses the model if they differ.
+            # unfolded back. Time-major folding looks the same by shape: the pre-flight check (check_clippable)
+            # compares each example's gradient with autograd, a fully masked example included, and refuses it.
             folded = (t > 1 and inputs.dim() == 2 and inputs.shape[0] == b * t and output.dim() == 2
                       and output.shape[0] == b * t)
             if folded:
