@@ -300,3 +300,18 @@ def test_default_training_loss_skips_the_control_codes(reviews: Path, tiny_model
     assert not mask[:n_prefix].any() and mask[n_prefix:].all()
     mask, _ = masks(loss_on_prefix=True)
     assert mask.all()
+
+
+def test_python_api_takes_settings_as_keywords(reviews: Path, tiny_model: Path, tmp_path: Path) -> None:
+    """`dpsynth.run(data=..., out=...)` in a notebook: checked like flags, so a bad value is one sentence."""
+    import dpsynth
+    from dpsynth.errors import DpsynthError
+
+    with pytest.raises(DpsynthError, match="protects nothing"):
+        dpsynth.run(data=reviews, out=tmp_path / "never", epsilon=1000)
+    config = _config(reviews, tiny_model, tmp_path / "r", epsilon=4.0)
+    with pytest.raises(TypeError, match="not both"):
+        dpsynth.run(config, epsilon=2)
+    result = dpsynth.run(**config.model_dump())
+    assert result.epsilon <= 4.0 + 1e-9 and result.synthetic_path.is_file()
+    assert not (tmp_path / "never").exists()

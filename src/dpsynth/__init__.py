@@ -3,9 +3,9 @@
 Python API (mirrors the CLI)::
 
     import dpsynth
-    result = dpsynth.run(dpsynth.RunConfig(data="reviews.csv", label_columns=["category", "stars"],
-                                           epsilon=4, out="runs/r1"))
+    result = dpsynth.run(data="reviews.csv", label_columns=["category", "stars"], epsilon=4, out="runs/r1")
     result.synthetic_path, result.epsilon
+    # or build the config first: dpsynth.run(dpsynth.RunConfig(data=..., out=...))
     # after an interruption instead: dpsynth.resume("runs/r1") continues with the settings in its checkpoint
 
 Names are imported lazily so that `dpsynth --help` does not load torch.

@@ -64,9 +64,16 @@ def versions() -> dict[str, str]:
     }
 
 
-def run(config: RunConfig, *, console: Any = None) -> RunResult:
-    """Run the whole pipeline for a validated config. Raises DpsynthError for any bad input, before writing."""
+def run(config: RunConfig | None = None, *, console: Any = None, **settings: Any) -> RunResult:
+    """Run the whole pipeline for a RunConfig, or for its settings as keywords (`run(data=..., out=..., epsilon=4)`,
+    checked like command-line flags, so a bad value is one DpsynthError sentence rather than a pydantic report).
+    Raises DpsynthError for any bad input, before writing."""
     from rich.console import Console
+
+    if config is None:
+        config = config_from_sources(None, settings)
+    elif settings:
+        raise TypeError("pass either a RunConfig or settings as keywords, not both")
 
     from dpsynth.models.loading import describe_model
     from dpsynth.stages import (
