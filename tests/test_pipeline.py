@@ -107,6 +107,7 @@ def _cli(*args: str) -> tuple[int, str]:
         (["--epsilon", "0.0001"], "ε"),
         (["--delta", "0.5"], "δ"),
         (["--lora-targets", "q_proj,v_prj"], "v_prj do not exist"),
+        (["--lora-targets", "input_layernorm"], "peft could not put LoRA adapters"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(reviews: Path, tiny_model: Path, tmp_path: Path,

@@ -189,8 +189,13 @@ def prepare_model(config: RunConfig, prepared: PreparedData, *, device: torch.de
     loaded = prepared.loaded
     torch.manual_seed(config.seed)
     if config.finetune == "lora":
-        loaded.model = apply_lora(loaded.model, r=config.lora_rank, alpha=config.lora_alpha,
-                                  target_modules=config.lora_targets or None)
+        try:
+            loaded.model = apply_lora(loaded.model, r=config.lora_rank, alpha=config.lora_alpha,
+                                      target_modules=config.lora_targets or None)
+        except (ValueError, TypeError, RuntimeError) as exc:  # peft refusing a module (e.g. a norm, a router)
+            raise DpsynthError(f"peft could not put LoRA adapters on {type(loaded.model).__name__} "
+                               f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); name the "
+                               "projections to adapt with --lora-targets, or use --finetune full") from exc
     loaded.model = loaded.model.to(device)
     if config.private:
         check_clippable(loaded.model, device)
