@@ -268,7 +268,7 @@ def sample_cmd(run_dir: Path, num: int, out: Path, **kwargs: Any) -> None:
     from dpsynth.resample import sample_from_run
 
     if num < 1:
-        raise DpsynthError("--num must be at least 1")
+        raise DpsynthError("--num (--num-samples) must be at least 1")
     report = sample_from_run(run_dir, num, out, **kwargs)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, one summary (every rank returns the same report)
         return

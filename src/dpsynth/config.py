@@ -177,8 +177,9 @@ class RunConfig(BaseModel):
     def resolved_learning_rate(self, expected_batch_size: float) -> float:
         """The given LR, else the default for --finetune. LoRA under DP grows it with the expected batch, because a
         larger batch carries less noise per step and can take larger steps. Between the measured optima it is
-        linear: 2e-3 up to batch 100 (N = 800: 4e-3 and 5e-3 were no better), 1e-2 from batch 250 (N = 2,000: better
-        than 5e-3 and 2e-3 on two seeds); nothing larger was measured, so nothing larger is used (docs/training.md)."""
+        linear: 2e-3 up to batch 100 (N = 800: 4e-3 and 5e-3 were no better), 1e-2 from batch 250 (N = 2,000:
+        better than 5e-3 on two seeds and than 2e-3 on one); nothing larger was measured, so nothing larger is used
+        (docs/training.md)."""
         if self.learning_rate is not None:
             return self.learning_rate
         if self.finetune == "lora":

@@ -37,8 +37,8 @@ def run_demo(*, out: Path, records: int, epsilon: str, num_samples: int, overwri
     config = RunConfig(
         data=data_path, text_column="text", label_columns=["sentiment"], epsilon=epsilon, out=out / "run",
         # Sized for 2 CPU cores: one pass in 8 Poisson batches, short sequences, and (with only 8 steps) a larger
-        # learning rate than the default at this batch (2.5e-3), enough to turn the instruct model into a review writer
-        # (docs/training.md, run C). Real runs use the defaults: more epochs, more data, a GPU.
+        # learning rate than the default at this batch (≈ 3.3e-3), enough to turn the instruct model into a review
+        # writer (docs/training.md, run C). Real runs use the defaults: more epochs, more data, a GPU.
         overwrite=overwrite, max_tokens=64, epochs=1.0, batch_size=max(1, len(data) // 8), learning_rate=5e-3,
         physical_batch_size=16,
         num_samples=num_samples, sample_batch_size=50, max_new_tokens=40,

@@ -173,7 +173,8 @@ def _carry_over_spending(path: Path, ledger: Any) -> None:
     if old is None or not math.isclose(old.noise_multiplier, new.noise_multiplier, rel_tol=1e-9) \
             or not math.isclose(old.sample_rate, new.sample_rate, rel_tol=1e-12) or prior.delta != ledger.delta:
         raise DpsynthError(f"--resume: the settings differ from the interrupted run in {path.parent} (its noise, "
-                           "sampling rate or δ would change); resume with the same options, or start a new run")
+                           "sampling rate or δ would change); resume without the options that change them "
+                           "(`dpsynth run --resume --out DIR` alone uses the stored settings), or start a new run")
     ledger.set_dpsgd_steps(old.steps)
     for m in prior.mechanisms:
         if isinstance(m, GaussianMechanism):
@@ -317,7 +318,8 @@ def _restore_for_resume(ckpt_dir: Path, spent: int, model: Any, optimizer: Any, 
             restore_checkpoint(ckpt, model=model, optimizer=optimizer, sampler=sampler, noise=noise)
         except ValueError as exc:
             raise DpsynthError(f"--resume: the checkpoint in {ckpt_dir} does not fit this run ({exc}); resume with "
-                               "the interrupted run's options (--secure-rng or --no-secure-rng included)") from None
+                               "the settings stored with it (`dpsynth run --resume --out DIR`, without overriding "
+                               "--secure-rng / --no-secure-rng)") from None
         step = ckpt.step
     return step, max(step, spent)
 

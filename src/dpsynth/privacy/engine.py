@@ -2,7 +2,9 @@
 
 How it works (book-keeping style, after Bu et al.):
 - Every trainable parameter belongs to a handler (see `layers.py`); a parameter no handler understands is refused
-  with the layer's name before training starts, never left unclipped.
+  with the layer's name before the run writes anything (the pre-flight `check_clippable`), never left unclipped;
+  so are a Linear/Embedding subclass computing something else and a layer whose rows are not examples
+  (batch-major folded rows are unfolded).
 - While the engine is attached, the handled parameters have `requires_grad=False`, so autograd computes only the
   gradients flowing *between* layers, never the (unclipped) parameter gradients. Forward hooks keep each layer's
   input and make its output part of the graph; tensor hooks catch the gradient reaching that output.
