@@ -107,7 +107,11 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
     res["refused"] = _attempt(lambda: sample_synthetic(model, tok, labels, N, base / "other.csv", dist_ctx=ctx,
                                                        **KW))
     (base / f"rank{rank}.json").write_text(json.dumps(res))
-    dist.destroy_process_group()
+    # Leave together and skip the process group's teardown: once, on an idle CI box, rank 1 aborted in it ("terminate
+    # called without an active exception") after writing its results — probably because rank 0, which hosts the
+    # store, had already gone. What the test checks is written above; how gloo tears down is not under test.
+    dist.barrier()
+    os._exit(0)
 
 
 @pytest.fixture(scope="module")
