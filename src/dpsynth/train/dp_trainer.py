@@ -237,8 +237,6 @@ def train_nonprivate(
     return TrainResult(total, time.perf_counter() - t0, seen)
 
 
-
-
 def lm_forward_kwargs(model: nn.Module) -> dict[str, object]:
     """Training never decodes: no KV cache (less memory; some models' cached eval path is not differentiable)."""
     return {"use_cache": False} if hasattr(getattr(model, "config", None), "use_cache") else {}
