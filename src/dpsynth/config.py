@@ -49,7 +49,7 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # --- data
-    data: Path = Field(description="Private dataset: a CSV, JSONL or Parquet file.")
+    data: Path = Field(description="Private dataset: CSV, TSV, JSONL or Parquet (optionally compressed).")
     text_column: str = Field("text", description="Column holding the text to synthesise.")
     label_columns: list[str] = Field(default_factory=list, description="Label columns written as control codes.")
     user_column: str | None = Field(None, description="Column identifying users: makes the user the privacy unit.")
