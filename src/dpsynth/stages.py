@@ -19,7 +19,7 @@ import torch
 
 from dpsynth import outputs
 from dpsynth.config import RunConfig
-from dpsynth.errors import DpsynthError
+from dpsynth.errors import DpsynthError, first_line
 from dpsynth.train.checkpoint import load_checkpoint, restore_checkpoint
 
 
@@ -195,7 +195,7 @@ def prepare_model(config: RunConfig, prepared: PreparedData, *, device: torch.de
                                       target_modules=config.lora_targets or None)
         except (ValueError, TypeError, RuntimeError) as exc:  # peft refusing a module (e.g. a norm, a router)
             raise DpsynthError(f"peft could not put LoRA adapters on {type(loaded.model).__name__} "
-                               f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); name the "
+                               f"({first_line(exc)}); name the "
                                "projections to adapt with --lora-targets, or use --finetune full") from exc
     loaded.model = loaded.model.to(device)
     if config.private:

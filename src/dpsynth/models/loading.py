@@ -32,7 +32,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from dpsynth.errors import DpsynthError
+from dpsynth.errors import DpsynthError, first_line
 
 DEFAULT_NAMES = ("default", "smollm2-135m", "smollm2-135m-instruct", "smollm2")
 BUNDLED_NAME = "smollm2-135m-instruct"
@@ -279,7 +279,7 @@ def _load_folder(path: Path, dtype: torch.dtype, shown: str) -> tuple[Any, Any]:
     try:
         config = AutoConfig.from_pretrained(path)
     except (ValueError, KeyError, OSError) as err:
-        raise DpsynthError(f"'{shown}' has a config.json that transformers cannot read ({_first_line(err)}); "
+        raise DpsynthError(f"'{shown}' has a config.json that transformers cannot read ({first_line(err)}); "
                            f"{_DECODER_HINT}") from err
     check_causal_lm(config, shown)
     tokenizer = _load_tokenizer(path, shown)
@@ -288,7 +288,7 @@ def _load_folder(path: Path, dtype: torch.dtype, shown: str) -> tuple[Any, Any]:
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError, SafetensorError) as err:  # SafetensorError: a truncated or corrupt file
-        raise DpsynthError(f"could not read the weights in '{shown}' ({_first_line(err)}); check that the "
+        raise DpsynthError(f"could not read the weights in '{shown}' ({first_line(err)}); check that the "
                            "folder holds a complete Hugging Face model (model.safetensors or pytorch_model.bin)") \
             from err
     return model, tokenizer
@@ -300,7 +300,7 @@ def _load_tokenizer(path: Path | str, shown: str | None = None, **kwargs: Any) -
     try:
         return AutoTokenizer.from_pretrained(path, **kwargs)
     except (OSError, ValueError, TypeError) as err:
-        raise DpsynthError(f"'{shown or path}' has no usable tokenizer ({_first_line(err)}); save the tokenizer "
+        raise DpsynthError(f"'{shown or path}' has no usable tokenizer ({first_line(err)}); save the tokenizer "
                            "next to the model (tokenizer.save_pretrained(folder))") from err
 
 
@@ -359,7 +359,7 @@ def _load_hub(name: str, dtype: torch.dtype) -> tuple[Any, Any]:
         except (OSError, ValueError) as err:
             last_error = err
     if config is None:
-        reason = "offline mode is on or the hub cannot be reached" if offline else _first_line(last_error)
+        reason = "offline mode is on or the hub cannot be reached" if offline else first_line(last_error)
         raise DpsynthError(f"could not find model '{name}' locally and could not download it ({reason}); "
                            "pass a local folder or omit --model for the bundled SmolLM2")
     check_causal_lm(config, name)
@@ -367,7 +367,7 @@ def _load_hub(name: str, dtype: torch.dtype) -> tuple[Any, Any]:
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=offline)
     except (OSError, ValueError) as err:
-        raise DpsynthError(f"could not load model '{name}' ({_first_line(err)}); pass a local folder or omit "
+        raise DpsynthError(f"could not load model '{name}' ({first_line(err)}); pass a local folder or omit "
                            "--model for the bundled SmolLM2") from err
     return model, tokenizer
 
@@ -453,6 +453,3 @@ def _check_dtype(dtype: torch.dtype, device: str | torch.device) -> None:
         raise DpsynthError("float16 weights are not supported on the CPU; use float32 (or bfloat16)")
 
 
-def _first_line(err: BaseException | None) -> str:
-    text = str(err).strip().splitlines()[0] if err is not None and str(err).strip() else type(err).__name__
-    return text[:200]

@@ -255,7 +255,7 @@ def check_clippable(model: nn.Module, device: torch.device, *, seq_len: int = 6)
     start) are randomised for the check so the A matrices are exercised too. Weights, random state and training
     mode are restored; no gradient remains.
     """
-    from dpsynth.errors import DpsynthError
+    from dpsynth.errors import DpsynthError, first_line
     from dpsynth.train.loss import IGNORE_INDEX
 
     batch, masked = 3, 1
@@ -316,7 +316,7 @@ def check_clippable(model: nn.Module, device: torch.device, *, seq_len: int = 6)
         raise
     except Exception as exc:  # a model whose training pass fails: one line, before anything is written
         raise DpsynthError(f"a test training pass of {type(model).__name__} failed ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else 'no message'}); this model cannot be "
+                           f"{first_line(exc)}); this model cannot be "
                            "trained with DP here — try --finetune lora or another model") from exc
     finally:
         with torch.no_grad():
