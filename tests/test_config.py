@@ -35,6 +35,7 @@ def test_comma_separated_labels() -> None:
         ({"data": "a", "out": "o", "bogus": 1}, "unknown option --bogus"),
         ({"data": "a", "out": "o", "label_columns": "text"}, "cannot also be a label column"),
         ({"data": "a", "out": "o", "resume": True, "overwrite": True}, "contradict"),
+        ({"data": "a", "out": "o", "max_new_tokens": 4, "min_new_tokens": 5}, "--min-new-tokens"),
     ],
 )
 def test_errors_are_one_sentence(overrides: dict, needle: str) -> None:

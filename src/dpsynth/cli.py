@@ -251,6 +251,8 @@ Example:
 @click.option("--repetition-penalty", type=float, default=None, help="Repetition penalty (default: the run's).")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
               help="Tokens per record (default: the run's).")
+@click.option("--min-new-tokens", type=click.IntRange(min=0), default=None,
+              help="Tokens before a record may end (default: the run's; 1 means no empty records).")
 @click.option("--batch-size", "--sample-batch-size", "batch_size", type=click.IntRange(min=1), default=None,
               help="Prompts per batch (default: chosen by device).")
 @click.option("--drop-duplicates/--keep-duplicates", default=False, show_default=True,

@@ -113,6 +113,8 @@ class RunConfig(BaseModel):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     repetition_penalty: float = Field(1.0, gt=0, description="Repetition penalty (1 disables).")
     max_new_tokens: int | None = Field(None, ge=1, description="Tokens per synthetic record; default --max-tokens.")
+    min_new_tokens: int = Field(1, ge=0, description="Tokens before a record may end (1: no empty records; 0: "
+                                                     "plain sampling, empty records dropped).")
     sample_batch_size: int = Field(64, ge=1, description="Prompts per generation batch.")
     drop_duplicates: bool = Field(False, description="Remove exact duplicate synthetic records (same text and labels; "
                                                      "free post-processing).")
@@ -155,6 +157,9 @@ class RunConfig(BaseModel):
         check_text_and_labels(self.text_column, self.label_columns, self.user_column)
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite contradict each other; pick one")
+        if self.min_new_tokens > self.resolved_max_new_tokens():
+            raise ValueError(f"--min-new-tokens ({self.min_new_tokens}) cannot exceed --max-new-tokens "
+                             f"({self.resolved_max_new_tokens()})")
         return self
 
     # ------------------------------------------------------------------ derived defaults

@@ -42,6 +42,7 @@ def load_run_config(run_dir: Path) -> dict[str, Any]:
 def sample_from_run(run_dir: Path, num: int, out: Path, *, seed: int = 0, label_distribution: str | None = None,
                     top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
                     repetition_penalty: float | None = None, max_new_tokens: int | None = None,
+                    min_new_tokens: int | None = None,
                     batch_size: int | None = None, drop_duplicates: bool = False, overwrite: bool = False,
                     device: str = "auto") -> dict[str, Any]:
     """Write `num` synthetic records to `out` (.csv/.jsonl/.parquet); resumes an interrupted file of the same
@@ -82,6 +83,7 @@ def sample_from_run(run_dir: Path, num: int, out: Path, *, seed: int = 0, label_
         temperature=cfg.get("temperature", 1.0) if temperature is None else temperature,
         repetition_penalty=cfg.get("repetition_penalty", 1.0) if repetition_penalty is None else repetition_penalty,
         max_new_tokens=max_new_tokens or cfg.get("max_new_tokens") or cfg.get("max_tokens", 128),
+        min_new_tokens=cfg.get("min_new_tokens", 1) if min_new_tokens is None else min_new_tokens,
     )
     with torch.inference_mode():
         report = sample_synthetic(model, loaded.tokenizer, labels, num, out, label_columns=label_columns,

@@ -416,7 +416,8 @@ def sample_stage(config: RunConfig, prepared: PreparedData, labels: Any, *, devi
     n = config.num_samples or prepared.num_units
     decoding = DecodingConfig(top_k=config.top_k, top_p=config.top_p, temperature=config.temperature,
                               repetition_penalty=config.repetition_penalty,
-                              max_new_tokens=config.resolved_max_new_tokens())
+                              max_new_tokens=config.resolved_max_new_tokens(),
+                              min_new_tokens=config.min_new_tokens)
     report = sample_synthetic(model, loaded.tokenizer, labels, n, config.out / outputs.SYNTHETIC,
                               label_columns=list(config.label_columns), text_column=config.text_column,
                               decoding=decoding, seed=config.seed, batch_size=config.sample_batch_size,

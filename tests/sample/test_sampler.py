@@ -97,13 +97,29 @@ def test_foreign_file_refused(tmp_path, tokenizer, tiny_model, dist):
 
 def test_postprocessing_counts(tmp_path, tokenizer, tiny_model, model_factory, dist):
     eos_model = model_factory(tokenizer, eos_bias=1e4)
-    rep = sample_synthetic(eos_model, tokenizer, dist, 12, tmp_path / "e.csv", label_columns=COLS, decoding=FAST,
+    plain = DecodingConfig(max_new_tokens=10, min_new_tokens=0)
+    rep = sample_synthetic(eos_model, tokenizer, dist, 12, tmp_path / "e.csv", label_columns=COLS, decoding=plain,
                            progress=False)
     assert rep.rows_written == 0 and rep.dropped_empty == 12 and len(_read(tmp_path / "e.csv")) == 0
     greedy = DecodingConfig(top_k=1, max_new_tokens=6)  # identical prompts → identical texts → duplicates
     rep = sample_synthetic(tiny_model, tokenizer, dist, 24, tmp_path / "d.csv", label_columns=COLS, decoding=greedy,
                            progress=False, drop_duplicates=True, batch_size=5, chunk_size=10)
     assert rep.rows_written == 6 and rep.dropped_duplicates == 18
+
+
+def test_default_decoding_never_ends_a_record_before_it_starts(tmp_path, tokenizer, model_factory, dist):
+    """A model that wants to stop at once still gives every requested row (one token each) by default."""
+    eos_model = model_factory(tokenizer, eos_bias=1e4)
+    rep = sample_synthetic(eos_model, tokenizer, dist, 12, tmp_path / "e.csv", label_columns=COLS, decoding=FAST,
+                           progress=False, drop_empty=False)  # a random tiny model's token may be whitespace
+    assert FAST.min_new_tokens == 1
+    assert rep.rows_written == len(_read(tmp_path / "e.csv")) == 12
+    assert rep.new_tokens == 2 * 12  # one token, then the end-of-sequence (min_new_tokens=0: EOS alone)
+
+
+def test_min_new_tokens_checked():
+    with pytest.raises(DpsynthError, match="min_new_tokens"):
+        DecodingConfig(max_new_tokens=4, min_new_tokens=5)
 
 
 def test_unconditional_and_label_mismatch(tmp_path, tokenizer, tiny_model, dist):
