@@ -9,20 +9,22 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy import stats
 
+from dpsynth.privacy import noise as noise_module
 from dpsynth.privacy.noise import NoiseSource
 
 N = 1_000_000
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_moments_and_shape_of_a_large_draw(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize(("dtype", "secure"), [(torch.float32, False), (torch.float64, False), (torch.float32, True)])
+def test_moments_and_shape_of_a_large_draw(dtype: torch.dtype, secure: bool) -> None:
     s = 2.5
     like = torch.empty(1000, 1000, dtype=dtype)
-    x = NoiseSource(seed=11).normal_like(like, s)
+    x = NoiseSource(seed=11, secure=secure).normal_like(like, s)
     assert x.shape == like.shape and x.dtype == dtype and x.device == like.device
     x64 = x.double().flatten()
     assert abs(x64.mean().item()) < 5 * s / math.sqrt(N)
@@ -86,6 +88,45 @@ def test_secure_draws_differ_across_instances_and_draws() -> None:
     assert not torch.equal(c.normal_like(t, 1.0), d.normal_like(t, 1.0))
 
 
+def _reference_mt19937(words: np.ndarray, n: int) -> np.ndarray:
+    """numpy's independent MT19937 keyed with exactly these 624 words (pos 624: twist before the first output)."""
+    ref = np.random.MT19937()
+    ref.state = {"bit_generator": "MT19937", "state": {"key": words.astype(np.uint32), "pos": 624}}
+    return ref.random_raw(n).astype(np.int64)
+
+
+def _first_outputs(gen: torch.Generator, n: int) -> np.ndarray:
+    # torch's random_ takes 64 bits per value and keeps the low 31 of the second 32-bit output.
+    return torch.empty(n, dtype=torch.int32).random_(0, 2**31, generator=gen).numpy().astype(np.int64)
+
+
+def test_secure_cpu_noise_uses_the_whole_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU generator's whole Mersenne Twister state is the OS secret. It used to be seeded with a 64-bit value
+    of which torch keeps 32 bits: 2³² possible noise draws, few enough to try them all."""
+    secret = np.random.default_rng(5).bytes(4 * 624)
+    monkeypatch.setattr(noise_module.secrets, "token_bytes", lambda n: secret[:n])
+    gen = NoiseSource(secure=True)._generator(torch.device("cpu"))
+    want = _reference_mt19937(np.frombuffer(secret, "<u4"), 2000)[1::2] & 0x7FFFFFFF
+    assert np.array_equal(_first_outputs(gen, 1000), want)
+    # Every part of the secret changes the noise (word 0 keeps only its top bit in mt19937's recurrence).
+    t = torch.zeros(1000)
+    base = NoiseSource(secure=True).normal_like(t, 1.0)
+    for bit in (31, 32, 40, 63, 64, 100, 127, 128, 5000, 19_967):
+        flipped = bytearray(secret)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        monkeypatch.setattr(noise_module.secrets, "token_bytes", lambda n, f=bytes(flipped): f[:n])
+        assert not torch.equal(NoiseSource(secure=True).normal_like(t, 1.0), base), f"bit {bit} is ignored"
+
+
+def test_seeded_cpu_noise_state_comes_from_the_whole_seed_sequence() -> None:
+    src = NoiseSource(seed=2**40 + 3)
+    gen = src._generator(torch.device("cpu"))
+    words = src._device_seed_sequence(torch.device("cpu")).generate_state(624, dtype=np.uint32)
+    assert np.array_equal(_first_outputs(gen, 500), _reference_mt19937(words, 1000)[1::2] & 0x7FFFFFFF)
+    t = torch.zeros(1000)  # seeds that agree in their low 32 bits give different noise
+    assert not torch.equal(NoiseSource(seed=3).normal_like(t, 1.0), NoiseSource(seed=2**40 + 3).normal_like(t, 1.0))
+
+
 def test_std_zero_and_bad_arguments() -> None:
     src = NoiseSource(seed=0)
     assert torch.equal(src.normal_like(torch.ones(5), 0.0), torch.zeros(5))
@@ -106,11 +147,12 @@ def test_cuda_draws_stay_on_the_device_and_resume() -> None:
     resumed = NoiseSource(seed=0)
     resumed.load_state_dict(state)
     assert torch.equal(resumed.normal_like(t, 1.0), y)
+    secure = NoiseSource(secure=True)  # a random Philox key and counter offset before every draw
+    a, b = secure.normal_like(t, 1.0), secure.add_normal_(torch.zeros_like(t), 1.0)
+    assert a.device == t.device and not torch.equal(a, b) and abs(a.std().item() - 1.0) < 0.2
 
 
 def test_add_normal_adds_independent_noise_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    import dpsynth.privacy.noise as noise_module
-
     monkeypatch.setattr(noise_module, "_CHUNK_ELEMENTS", 1000)  # many chunk boundaries in a small draw
     s, n = 0.7, 200_500  # not a multiple of the chunk: the last chunk is partial
     base = torch.arange(n, dtype=torch.float32).remainder_(7)  # small values: the noise is not rounded away
