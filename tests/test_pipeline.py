@@ -231,6 +231,10 @@ def test_user_level_run_counts_users(reviews: Path, tiny_model: Path, tmp_path: 
     assert record["data"] == {"num_units": 20, "unit": "user", "max_tokens": record["config"]["max_tokens"],
                               "exact_statistics": "data_report.json"}
     assert "examples_seen" not in record["training"] and report["examples_trained"] >= 0
+    # Each layer's clipping method follows the last micro-batch's padded length: a private statistic too.
+    assert "layer_methods" not in record["training"] and sum(report["clipping_layer_methods"].values()) > 0
+    assert ledger["notes"][0].startswith("The number of users N is treated as public")
+    assert any("values are declared public (--label-values)" in n for n in ledger["notes"])
 
 
 def test_default_randomness_cannot_be_replayed_from_the_seed(reviews: Path, tiny_model: Path,
@@ -273,6 +277,7 @@ def test_a_label_value_one_record_holds_is_not_published(reviews: Path, tiny_mod
     assert hist["threshold_delta"] == pytest.approx(0.1 * ledger["delta"]) and ledger["epsilon"] <= 4.0
     eps = compute_epsilon([mechanism_from_dict(m) for m in ledger["mechanisms"]], ledger["delta"])
     assert eps == pytest.approx(ledger["epsilon"], rel=1e-9)
+    assert any("Label values are not treated as public" in n for n in ledger["notes"])  # it used to say they were
 
     values = tmp_path / "values.json"
     values.write_text(json.dumps({"sentiment": ["fresh", "rotten", "only-one-record-has-this"]}))
@@ -280,6 +285,9 @@ def test_a_label_value_one_record_holds_is_not_published(reviews: Path, tiny_mod
                 label_distribution="uniform"))
     declared = json.loads((tmp_path / "declared" / "label_distribution.json").read_text())
     assert declared["categories_declared"] and len(declared["combinations"]) == 3
+    notes = json.loads((tmp_path / "declared" / "privacy.json").read_text())["notes"]
+    assert any("distribution declared public" in n for n in notes)
+    assert any(n.startswith("Each label column's values are declared public") for n in notes)
 
     code, output = _cli("run", "--data", str(data), "--model", str(tiny_model), "--out", str(tmp_path / "never"),
                         "--label-columns", "sentiment", "--label-distribution", "uniform")

@@ -4,11 +4,13 @@ Layout of `--out DIR`:
     synthetic.csv   the synthetic records (text + label columns)
     privacy.json    the privacy ledger: every mechanism, its parameters, the total (ε, δ)
     run.json        configuration, versions, timings, training and sampling summaries (no statistic of the
-                    private data beyond N, which the accountant treats as public)
+                    private data beyond N, which the accountant treats as public; the wall-clock times are a
+                    timing side channel outside the guarantee, docs/privacy.md)
     model/          the fine-tuned model (a LoRA adapter or a full model) with its tokenizer
     label_distribution.json  the label mix used for sampling (DP-noised or declared public)
     data_report.json  exact statistics of the private data (rows dropped, truncated, distinct labels, examples
-                    trained on): for the data holder, NOT covered by the guarantee — keep it with the private data
+                    trained on, clipping methods per layer): for the data holder, NOT covered by the guarantee —
+                    keep it with the private data
     checkpoint/     training state for --resume, with the run's settings (removed when the run completes)
 """
 

@@ -140,7 +140,8 @@ def run(config: RunConfig | None = None, *, console: Any = None, **settings: Any
     data_report = {"covered_by_privacy_guarantee": False,
                    "note": "Exact statistics of the private data, computed without noise: keep this file with the "
                            "private data and do not publish it.",
-                   **prepared.data_report, "examples_trained": train_info.pop("examples_seen", None)}
+                   **prepared.data_report, "examples_trained": train_info.pop("examples_seen", None),
+                   "clipping_layer_methods": train_info.pop("layer_methods", None)}
     run_record = {
         "dpsynth_version": __version__,
         "config": config.model_dump(mode="json"),

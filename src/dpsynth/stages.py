@@ -125,10 +125,9 @@ def plan_privacy(config: RunConfig, prepared: PreparedData) -> BudgetPlanOut:
     q = batch / n
     steps = max(1, math.ceil(config.resolved_epochs() / q))
     notes = [
-        "The number of records N is treated as public (it sets the sampling rate and δ).",
+        f"The number of {prepared.unit_name}s N is treated as public (it sets the sampling rate and δ).",
         f"The training length ({config.max_tokens} tokens) is a fixed public setting, not chosen from the data.",
-        *(["The set of values of each label column (the control codes) is read from the data and treated as "
-           "public; the label proportions are protected."] if config.label_columns else []),
+        *_label_notes(config),
         "No checkpoint or hyper-parameter is selected using the private data.",
     ]
     if prepared.units is not None:
@@ -154,6 +153,18 @@ def plan_privacy(config: RunConfig, prepared: PreparedData) -> BudgetPlanOut:
     if config.resume:
         _carry_over_spending(config.out / outputs.PRIVACY, ledger)
     return BudgetPlanOut(plan, ledger, steps, q, batch, delta, notes)
+
+
+def _label_notes(config: RunConfig) -> list[str]:
+    """What the ledger says about the label values and proportions, for the label setting actually used."""
+    dp = config.label_distribution == "dp"
+    if not config.label_columns or (config.label_values is None and not dp):
+        return []  # a declared distribution file: build_label_distribution notes it
+    if config.label_values is not None:
+        return ["Each label column's values are declared public (--label-values)"
+                + ("; the label proportions are protected by the DP histogram." if dp else ".")]
+    return ["Label values are not treated as public: they are read from the data and only combinations whose noisy "
+            "count clears the DP threshold are published (the threshold's δ is in the ledger)."]
 
 
 def _carry_over_spending(path: Path, ledger: Any) -> None:
@@ -305,6 +316,8 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
     return {"steps": counted[0], "steps_this_session": result.steps_done, "resumed_from_step": start_step,
             "seconds": result.seconds, "examples_seen": result.examples_seen, "learning_rate": lr,
             "private": True, "noise_multiplier": plan.dpsgd.noise_multiplier, "noise": noise.describe(), **trained,
+            # Private, like examples_seen: each layer's method is re-chosen per micro-batch from its padded length,
+            # so the last choice depends on which records the last batch drew (pipeline moves both to data_report).
             "layer_methods": dict(Counter(result.layer_methods.values()))}
 
 
@@ -381,8 +394,12 @@ def build_label_distribution(config: RunConfig, prepared: PreparedData, budget: 
         if already_paid and saved.is_file():
             # A resumed run already released (and paid for) its histogram: reuse it, never draw a second one.
             return label_distribution_from_dict(json.loads(saved.read_text()))
-        if not already_paid or config.secure_rng:
-            # Seeded noise redraws the identical histogram (nothing new is released); secure noise would not.
+        if already_paid and config.secure_rng:
+            # A second secure draw would be a second release, and the threshold's δ was sized for one.
+            raise DpsynthError(f"--resume: {outputs.LABELS} is missing from {config.out}, but the interrupted run "
+                               "already paid for its DP label histogram; put the file back, or start again with "
+                               "--overwrite")
+        if not already_paid:  # (seeded noise redraws the identical histogram: nothing new is released)
             budget.ledger.add(hist)
         generator = np.random.default_rng((dist_ctx or DistContext()).shared_secret() if config.secure_rng
                                           else seeded_stream(config.seed, "label histogram"))

@@ -62,6 +62,16 @@ def test_kill_minus_nine_then_resume(tmp_path: Path) -> None:
     refused = subprocess.run(args, env=env, capture_output=True, text=True)
     assert refused.returncode == 2 and "--resume" in refused.stderr
 
+    # The interrupted run paid for one DP label histogram: with its file gone, a resume must not draw a second.
+    labels = out / "label_distribution.json"
+    hidden = labels.rename(tmp_path / "labels.json")
+    ledger_at_kill = (out / "privacy.json").read_text()
+    refused = subprocess.run([sys.executable, "-m", "dpsynth", "run", "--resume", "--out", str(out)], env=env,
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "label_distribution.json is missing" in refused.stderr, refused.stderr
+    assert (out / "privacy.json").read_text() == ledger_at_kill
+    hidden.rename(labels)
+
     # `--resume --out` alone: the options come from the checkpoint (a user should not have to repeat them all).
     done = subprocess.run([sys.executable, "-m", "dpsynth", "run", "--resume", "--out", str(out)], env=env,
                           capture_output=True, text=True)
