@@ -104,6 +104,7 @@ class NoiseSource:
         self.seed_was_given = seed is not None and not secure
         self.seed = None if secure else (int(seed) if seed is not None else secrets.randbits(63))
         self._generators: dict[str, torch.Generator] = {}
+        _cpu_state_template()  # an unknown generator layout stops the run here, before any step is paid for
 
     def _device_seed_sequence(self, device: torch.device) -> np.random.SeedSequence:
         """A distinct stream per device, derived from the run seed (same seed + device → same stream)."""
