@@ -160,6 +160,17 @@ def test_an_epsilon_that_protects_nothing_is_refused(reviews: Path, tmp_path: Pa
     assert not (tmp_path / "o").exists()
 
 
+def test_lengths_past_the_models_context_are_refused_before_anything_is_written(
+        reviews: Path, tiny_model: Path, tmp_path: Path) -> None:
+    """The tiny model has 512 positions: beyond them a learned-position model crashed mid-training (after the
+    label histogram was paid for) or at the sampling stage."""
+    base = ["run", "--data", str(reviews), "--label-columns", "sentiment", "--model", str(tiny_model)]
+    code, output = _cli(*base, "--max-tokens", "600", "--out", str(tmp_path / "a"))
+    assert code == 2 and "--max-tokens 512 or less" in output and not (tmp_path / "a").exists(), output
+    code, output = _cli(*base, "--max-tokens", "48", "--max-new-tokens", "510", "--out", str(tmp_path / "b"))
+    assert code == 2 and "--max-new-tokens" in output and not (tmp_path / "b").exists(), output
+
+
 def test_empty_file_is_refused(tiny_model: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty.csv"
     empty.write_text("")

@@ -247,15 +247,60 @@ def config_from_sources(toml_path: Path | None, overrides: dict[str, Any]) -> Ru
         from_file = {k.replace("-", "_"): v for k, v in raw.items()}
     flags = {k: v for k, v in overrides.items() if v is not None}
     values = {**from_file, **flags}
+    stored: dict[str, Any] = {}
     if values.get("resume") and not values.get("overwrite") and values.get("out") is not None:
         # `dpsynth run --resume --out DIR` is enough: the interrupted run stored the settings it ran with (its
         # TOML file's included) with its checkpoint. They win over the TOML file; flags given now win over them
-        # (a changed privacy setting is then refused against the ledger).
-        values = {**from_file, **_stored_settings(Path(values["out"]), given=values), **flags}
+        # where they may change (RESUME_MAY_CHANGE); any other change is refused.
+        stored = _stored_settings(Path(values["out"]), given=values)
+        values = {**from_file, **stored, **flags}
     try:
-        return RunConfig(**values)
+        config = RunConfig(**values)
     except ValidationError as exc:
         raise DpsynthError(describe_validation_error(exc)) from None
+    if stored:
+        _refuse_changed_settings(stored, config, given=flags)
+    return config
+
+
+# What a resumed run may do differently: where it runs, how it checkpoints, and the sampling still to come (the
+# seed: the weights, batches and noise state come from the checkpoint). The data file may move (its contents are
+# checked against the digest stored with the checkpoint). Everything else defines what was trained so far and what
+# the ledger counts.
+RESUME_MAY_CHANGE = frozenset({
+    "data", "out", "resume", "overwrite", "device", "precision", "physical_batch_size", "checkpoint_every",
+    "num_samples", "top_k", "top_p", "temperature", "repetition_penalty", "max_new_tokens", "min_new_tokens",
+    "sample_batch_size", "drop_duplicates", "seed",
+})
+
+
+def _refuse_changed_settings(stored: dict[str, Any], config: RunConfig, *, given: dict[str, Any]) -> None:
+    """Refuse, by name, an option given with --resume that would change the run it continues.
+
+    Why: half the steps at one setting and half at another is neither run; the records (run.json, the ledger's
+    clip norm) would describe only the new value, and some changes (another LoRA rank, model) cannot load the
+    checkpoint at all.
+    """
+    try:
+        before = RunConfig(**{**stored, "out": config.out, "resume": True}).model_dump(mode="json")
+    except ValidationError:
+        return  # settings an older version stored: the ledger and the checkpoint still refuse what cannot continue
+    now = config.model_dump(mode="json")
+    for key in given:
+        if key in RESUME_MAY_CHANGE or key not in before or _same_setting(before[key], now[key]):
+            continue
+        flag = "--" + key.replace("_", "-")
+        raise DpsynthError(f"--resume continues the run as it started, so {flag} cannot change (it was "
+                           f"{before[key]!r}, now {now[key]!r}); drop {flag}, or start a new run with --overwrite")
+
+
+def _same_setting(a: Any, b: Any) -> bool:
+    if a == b:
+        return True
+    if isinstance(a, str) and isinstance(b, str):  # the same file, named relatively now and absolutely then
+        pa, pb = Path(a).expanduser(), Path(b).expanduser()
+        return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+    return False
 
 
 def _stored_settings(out: Path, *, given: dict[str, Any]) -> dict[str, Any]:

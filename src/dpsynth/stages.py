@@ -32,6 +32,11 @@ class PreparedData:
     loaded: Any  # dpsynth.models.loading.LoadedModel
     data_report: dict[str, Any]
     units: list[list[int]] | None = None  # user-level DP: the record indices of each user (≤ the cap)
+    data_sha256: str | None = None  # stored with checkpoints: a resume must read the same records
+
+    def resume_settings(self, config: RunConfig) -> dict[str, Any]:
+        """What `--resume` continues with (checkpoint/settings.json): the options and the data file's digest."""
+        return {**config.resume_settings(), "data_sha256": self.data_sha256}
 
     @property
     def num_units(self) -> int:
@@ -70,9 +75,15 @@ def load_and_encode(config: RunConfig, *, device: torch.device, console: Any) ->
     from dpsynth.data.encode import encode_records
     from dpsynth.data.reader import read_table
     from dpsynth.data.schema import DatasetSpec, validate_table
-    from dpsynth.models.loading import load_model
+    from dpsynth.models.loading import context_length, load_model
 
     df = read_table(config.data)
+    data_sha256 = outputs.file_sha256(Path(config.data)) if Path(config.data).is_file() else None
+    if config.resume:
+        stored = (outputs.read_resume_settings(config.out) or {}).get("data_sha256")
+        if stored and data_sha256 and stored != data_sha256:
+            raise DpsynthError(f"--resume: {config.data} is not the file the interrupted run trained on (its contents "
+                               "differ); resume with that file, or start a new run with --overwrite")
     spec = DatasetSpec(text_column=config.text_column, label_columns=list(config.label_columns),
                        user_column=config.user_column)
     validated = validate_table(df, spec, max_label_values=config.max_label_values, drop_empty=config.drop_empty)
@@ -87,6 +98,10 @@ def load_and_encode(config: RunConfig, *, device: torch.device, console: Any) ->
                            "train from the base model it names, or use `dpsynth sample --run` to sample from that "
                            "run (training it again on the same data would spend privacy this run's ledger does not "
                            "count)")
+    context = context_length(loaded.model)
+    if context is not None and config.max_tokens > context:
+        raise DpsynthError(f"--max-tokens {config.max_tokens} is longer than the {context} positions "
+                           f"{loaded.name} was built for; use --max-tokens {context} or less")
     if config.finetune == "lora" and config.lora_targets:
         from dpsynth.models.lora import check_target_modules
 
@@ -97,11 +112,17 @@ def load_and_encode(config: RunConfig, *, device: torch.device, console: Any) ->
         else [""] * len(table)
     records = encode_records(loaded.tokenizer, prefixes, table[config.text_column].tolist(),
                              max_tokens=config.max_tokens, loss_on_prefix=config.loss_on_prefix)
+    new_tokens = config.resolved_max_new_tokens()
+    if context is not None and records.longest_prefix + new_tokens > context:
+        raise DpsynthError(f"sampling {new_tokens} new tokens after control codes of up to {records.longest_prefix} "
+                           f"tokens would run past the {context} positions {loaded.name} was built for; use "
+                           f"--max-new-tokens {context - records.longest_prefix} or less")
     data_report = validated.report.to_dict() | records.summary()
     if units is not None:
         data_report |= {"num_users": len(units), "records_per_user_cap": config.max_records_per_user,
                         "records_dropped_by_cap": capped}
-    return PreparedData(table=table, records=records, loaded=loaded, data_report=data_report, units=units)
+    return PreparedData(table=table, records=records, loaded=loaded, data_report=data_report, units=units,
+                        data_sha256=data_sha256)
 
 
 def cap_records_per_user(table: Any, user_column: str, cap: int) -> tuple[Any, list[list[int]], int]:
@@ -292,7 +313,8 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
         ledger.set_dpsgd_steps(spent)
         if ctx.is_main:
             ledger.write(out_dir / outputs.PRIVACY)
-            outputs.write_resume_settings(out_dir, config.resume_settings())  # what this session continues with
+            # what this session continues with
+            outputs.write_resume_settings(out_dir, prepared.resume_settings(config))
     remaining = resume_plan(budget.steps, start_step, spent).remaining_steps
     counted = [spent]
 
@@ -308,7 +330,7 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
         def after(report: StepReport) -> None:
             bar.update(dataclasses.replace(report, step=counted[0]))
             if ctx.is_main and (report.step % config.checkpoint_every == 0 or counted[0] == budget.steps):
-                outputs.write_resume_settings(out_dir, config.resume_settings())  # before state.pt: never without
+                outputs.write_resume_settings(out_dir, prepared.resume_settings(config))  # before state.pt
                 save_checkpoint(ckpt_dir, step=report.step, model=model, names=names, optimizer=optimizer,
                                 sampler=sampler, noise=noise)
 
@@ -329,10 +351,10 @@ def _restore_for_resume(ckpt_dir: Path, spent: int, model: Any, optimizer: Any, 
     if ckpt is not None:
         try:
             restore_checkpoint(ckpt, model=model, optimizer=optimizer, sampler=sampler, noise=noise)
-        except ValueError as exc:
-            raise DpsynthError(f"--resume: the checkpoint in {ckpt_dir} does not fit this run ({exc}); resume with "
-                               "the settings stored with it (`dpsynth run --resume --out DIR`, without overriding "
-                               "--secure-rng / --no-secure-rng)") from None
+        except (ValueError, RuntimeError) as exc:  # RuntimeError: torch's size mismatch (e.g. another LoRA rank)
+            raise DpsynthError(f"--resume: the checkpoint in {ckpt_dir} does not fit this run "
+                               f"({first_line(exc)}); resume with the settings stored with it (`dpsynth run "
+                               "--resume --out DIR` alone)") from None
         step = ckpt.step
     return step, max(step, spent)
 

@@ -171,3 +171,9 @@ def test_static_decoder_is_reused_across_calls(tokenizer, tiny_model_f64):
     assert first[1:] == second[:3]
     g.release_static_decoder()
     assert "decoder" not in g._STATIC
+
+
+def test_prompt_plus_new_tokens_past_the_context_is_refused(tokenizer, tiny_model) -> None:
+    # (the tiny model has 512 positions; its learned-position twin would index past its table)
+    with pytest.raises(DpsynthError, match="--max-new-tokens"):
+        generate_token_ids(tiny_model, tokenizer, PROMPTS[:2], max_new_tokens=512, batch_size=2)

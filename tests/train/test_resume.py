@@ -62,6 +62,13 @@ def test_kill_minus_nine_then_resume(tmp_path: Path) -> None:
     refused = subprocess.run(args, env=env, capture_output=True, text=True)
     assert refused.returncode == 2 and "--resume" in refused.stderr
 
+    # Another file with as many records is not the data the first steps trained on (the path itself may change).
+    other = tmp_path / "other.csv"
+    load_demo_dataset(max_records=200, seed=1).to_csv(other, index=False)
+    refused = subprocess.run([sys.executable, "-m", "dpsynth", "run", "--resume", "--out", str(out), "--data",
+                              str(other)], env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "not the file the interrupted run trained on" in refused.stderr, refused.stderr
+
     # The interrupted run paid for one DP label histogram: with its file gone, a resume must not draw a second.
     labels = out / "label_distribution.json"
     hidden = labels.rename(tmp_path / "labels.json")

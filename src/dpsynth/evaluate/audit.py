@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dpsynth import outputs
 from dpsynth.config import (
     RUN_SETTINGS,
     RunConfig,
@@ -611,7 +612,7 @@ def run_audit(cfg: AuditConfig, console: Any = None) -> AuditResult:
     score_batch = cfg.score_batch_size or (512 if device.type == "cuda" else 64)
     settings = rs.audit_settings(_config_record(cfg), device_resolved=device.type,
                                  num_candidates_resolved=num_candidates)
-    data_sha = rs.file_sha256(Path(cfg.data).expanduser())
+    data_sha = outputs.file_sha256(Path(cfg.data).expanduser())
     fp = rs.check_state(cfg.out, settings, data_sha) if cfg.resume else rs.fingerprint(settings, data_sha)
     ad = _prepare_data(cfg, table, warnings, notes)
     cans = ad.canaries
@@ -710,7 +711,6 @@ def _measure_run(cfg: AuditConfig, ad: _AuditData, codes: Any, run_dir: Path, nu
                  label: str, prefixes: dict[str, tuple[str, dict[str, str]]], candidates: dict[str, list[str]],
                  num_candidates: int, score_batch: int, device: Any) -> dict[str, Any]:
     """Rank every canary, count verbatim copies and run membership inference on one finished ε run."""
-    from dpsynth import outputs
     from dpsynth.data.reader import read_table
     from dpsynth.evaluate import canaries as cn
     from dpsynth.evaluate.leakage import loss_mia_auc

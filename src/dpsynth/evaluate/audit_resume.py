@@ -32,15 +32,6 @@ _RUN_NOT_COMPARED = ("data", "out", "overwrite", "resume", "checkpoint_every")
 RunState = Literal["absent", "finished", "checkpoint", "started"]
 
 
-def file_sha256(path: Path) -> str:
-    """Content hash of the data file: a resume must train on the very same records (the path may change)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def audit_settings(config_record: dict[str, Any], **resolved: Any) -> dict[str, Any]:
     """The settings a resume must share: the audit config (JSON-ready) without NOT_FINGERPRINTED, plus resolved
     defaults that depend on the machine (the device, the number of candidates)."""

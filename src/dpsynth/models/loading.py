@@ -446,6 +446,25 @@ def describe_model(model: Any) -> dict[str, Any]:
     }
 
 
+_CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
+
+
+def context_length(model: Any) -> int | None:
+    """How many positions the model was built for (None if its config does not say).
+
+    Why: past it a model with learned positions (GPT-2, OPT) indexes outside its position table and crashes in
+    the middle of training or sampling; a rotary one runs on, on positions it never saw. Both are refused up front.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in _CONTEXT_FIELDS:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def _check_dtype(dtype: torch.dtype, device: str | torch.device) -> None:
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"unsupported dtype {dtype}; use torch.float32, torch.bfloat16 or torch.float16")

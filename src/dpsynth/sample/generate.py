@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from dpsynth.errors import DpsynthError
+from dpsynth.models.loading import context_length
 
 log = logging.getLogger(__name__)
 
@@ -441,6 +442,12 @@ def generate_token_ids(
            else encode_prompts(tokenizer, prompts, add_bos=add_bos))  # type: ignore[arg-type]
     if not ids:
         return []
+    if not isinstance(model, str):
+        context, longest = context_length(model), max(map(len, ids))
+        if context is not None and longest + max_new_tokens > context:
+            raise DpsynthError(f"prompts of up to {longest} tokens plus {max_new_tokens} new tokens run past the "
+                               f"{context} positions the model was built for; use --max-new-tokens "
+                               f"{max(1, context - longest)} or less")
     eos_ids = _eos_ids(tokenizer, model, eos_token_id)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     cfg = _Decoding(max_new_tokens, min_new_tokens, float(temperature), int(top_k), float(top_p),
