@@ -49,6 +49,9 @@ def test_bad_toml_is_a_user_error(tmp_path: Path) -> None:
     bad.write_text("data = \n")
     with pytest.raises(DpsynthError, match="not valid TOML"):
         config_from_sources(bad, {})
+    bad.write_text('data = "a.csv"\nout = "o"\nlerning-rate = 1e-3\n')  # named with the file, as written there
+    with pytest.raises(DpsynthError, match=r"bad.toml has an unknown setting 'lerning-rate'"):
+        config_from_sources(bad, {})
 
 
 def test_default_batch_uses_only_n() -> None:

@@ -25,8 +25,11 @@ def test_resume_refusals_point_somewhere_that_works(tmp_path: Path) -> None:
     outputs.check_output_folder(out, overwrite=True, resume=False)  # which is accepted
     (out / outputs.RUN).write_text("{}")  # finished
     assert "dpsynth sample" in _refusal(out, resume=True)
+    finished = _refusal(out)  # a finished run cannot be resumed: not offered
+    assert "holds a finished run" in finished and "--resume" not in finished and "--overwrite" in finished
     (out / outputs.CHECKPOINT).mkdir()  # interrupted after a checkpoint: resumable
     outputs.check_output_folder(out, overwrite=False, resume=True)
+    assert f"dpsynth run --resume --out {out}" in _refusal(out)
     empty = tmp_path / "empty"
     empty.mkdir()
     assert "drop --resume" in _refusal(empty, resume=True)

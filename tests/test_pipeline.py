@@ -190,7 +190,7 @@ def test_sample_more_from_a_finished_run_costs_nothing(reviews: Path, tiny_model
     assert (out / "privacy.json").read_text() == ledger_before, "sampling is post-processing: no new cost"
     code, output = _cli("sample", "--run", str(out), "--num", "3", "--out", str(tmp_path / "y.csv"),
                         "--max-new-tokens", "6", "--min-new-tokens", "7")
-    assert code == 2 and "min_new_tokens (7)" in output and not (tmp_path / "y.csv").exists(), output
+    assert code == 2 and "--min-new-tokens (7)" in output and not (tmp_path / "y.csv").exists(), output
     code, output = _cli("sample", "--run", str(tmp_path), "--num", "3", "--out", str(tmp_path / "x.csv"))
     assert code == 2 and "not a finished dpsynth run" in output
     # --resume on a finished run used to retrain from nothing and overwrite the trained model with fresh adapters.

@@ -7,7 +7,9 @@ and `--help` can never disagree. A `DpsynthError` becomes one line on stderr and
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import types
 import typing
 import warnings
@@ -40,6 +42,7 @@ class _Cli(click.Group):
     """Turns user errors into one line and exit code 2; everything else keeps its traceback (it is a bug)."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        previous = _terminate_like_ctrl_c()
         try:
             return super().invoke(ctx)
         except DpsynthError as exc:
@@ -50,6 +53,20 @@ class _Cli(click.Group):
         except KeyboardInterrupt:
             click.echo(f"interrupted; {_how_to_continue(ctx.invoked_subcommand)}", err=True)
             sys.exit(130)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_like_ctrl_c() -> Any:
+    """SIGTERM (`kill`, a scheduler's time limit, torchrun stopping a failed job) gets Ctrl-C's path: the same
+    advice on how to continue, instead of a silent exit 143. Returns the handler it replaced."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 class _Interrupted(Exception):
@@ -69,9 +86,12 @@ def _how_to_continue(name: str | None) -> str:
     return "nothing was written that needs cleaning up; rerun the command"
 
 
-def _run_interrupted(out: Path) -> _Interrupted:
+def _run_interrupted(out: Path, *, private: bool = True) -> _Interrupted:
     from dpsynth.outputs import CHECKPOINT
 
+    if not private:
+        return _Interrupted("a run without DP (--epsilon inf) keeps no checkpoint, so start it again with "
+                            "--overwrite")
     if not (out / CHECKPOINT).is_dir():
         return _Interrupted("no checkpoint was written yet (one every --checkpoint-every steps), so start again "
                             "with --overwrite: the interrupted run released nothing")
@@ -139,7 +159,9 @@ def _options_from(model_cls: Any, *, with_config_file: bool = False) -> Any:
             func = opt(func)
         if with_config_file:
             func = click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
-                                help="TOML file with any of these options (flags override it).")(func)
+                                help="TOML file with any of these options, e.g. `epsilon = 8`, "
+                                     "`label-columns = [\"a\", \"b\"]` (flags override it; paths in it are "
+                                     "relative to the working directory).")(func)
         return func
 
     return decorate
@@ -172,7 +194,7 @@ def run_cmd(config_file: Path | None, **flags: Any) -> None:
     try:
         result = run(config)
     except KeyboardInterrupt:
-        raise _run_interrupted(config.out) from None
+        raise _run_interrupted(config.out, private=config.private) from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary (rank 0 wrote the outputs)
         print_run_summary(result)
 
@@ -252,14 +274,15 @@ Example:
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
               help="Tokens per record (default: the run's).")
 @click.option("--min-new-tokens", type=click.IntRange(min=0), default=None,
-              help="Tokens before a record may end (default: the run's; 1 means no empty records).")
+              help="Tokens before a record may end (default: the run's; 1: never before its first token).")
 @click.option("--batch-size", "--sample-batch-size", "batch_size", type=click.IntRange(min=1), default=None,
               help="Prompts per batch (default: chosen by device).")
 @click.option("--drop-duplicates/--keep-duplicates", default=False, show_default=True,
               help="Remove exact duplicate records (free post-processing; counts reported).")
 @click.option("--overwrite/--no-overwrite", default=False, show_default=True,
               help="Replace --out instead of resuming it.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where to sample (auto: CUDA when available).")
 def sample_cmd(run_dir: Path, num: int, out: Path, **kwargs: Any) -> None:
     """More synthetic records from a finished run, at no extra privacy cost (post-processing).
 

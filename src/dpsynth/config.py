@@ -113,8 +113,9 @@ class RunConfig(BaseModel):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     repetition_penalty: float = Field(1.0, gt=0, description="Repetition penalty (1 disables).")
     max_new_tokens: int | None = Field(None, ge=1, description="Tokens per synthetic record; default --max-tokens.")
-    min_new_tokens: int = Field(1, ge=0, description="Tokens before a record may end (1: no empty records; 0: "
-                                                     "plain sampling, empty records dropped).")
+    min_new_tokens: int = Field(1, ge=0, description="Tokens before a record may end (1: never before its first "
+                                                     "token, so empty records become rare; 0: plain sampling). "
+                                                     "Empty records are dropped either way.")
     sample_batch_size: int = Field(64, ge=1, description="Prompts per generation batch.")
     drop_duplicates: bool = Field(False, description="Remove exact duplicate synthetic records (same text and labels; "
                                                      "free post-processing).")
@@ -245,6 +246,10 @@ def config_from_sources(toml_path: Path | None, overrides: dict[str, Any]) -> Ru
         except tomllib.TOMLDecodeError as exc:
             raise DpsynthError(f"config file {toml_path} is not valid TOML ({exc})") from None
         from_file = {k.replace("-", "_"): v for k, v in raw.items()}
+        unknown = [k for k, v in raw.items() if k.replace("-", "_") not in RunConfig.model_fields]
+        if unknown:
+            raise DpsynthError(f"config file {toml_path} has an unknown setting '{unknown[0]}'; the names are those "
+                               "of `dpsynth run --help` without the dashes in front (e.g. learning-rate = 1e-3)")
     flags = {k: v for k, v in overrides.items() if v is not None}
     values = {**from_file, **flags}
     stored: dict[str, Any] = {}

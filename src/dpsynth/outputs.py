@@ -50,9 +50,14 @@ def check_output_folder(out: Path, *, overwrite: bool, resume: bool) -> None:
             raise DpsynthError(f"--resume: {out} holds no interrupted run to continue; drop --resume to start one")
         return
     if has_content and not overwrite:
-        raise DpsynthError(
-            f"--out {out} already holds files; pass --overwrite to replace them or --resume to continue that run"
-        )
+        if (out / CHECKPOINT).is_dir():
+            raise DpsynthError(f"--out {out} holds an interrupted run; continue it with `dpsynth run --resume --out "
+                               f"{out}`, or pass --overwrite to replace it")
+        if (out / RUN).is_file():
+            raise DpsynthError(f"--out {out} holds a finished run; choose another folder or pass --overwrite to "
+                               f"replace it (`dpsynth sample --run {out}` writes more records from it for free)")
+        raise DpsynthError(f"--out {out} already holds files; choose another folder or pass --overwrite to replace "
+                           "what a dpsynth run writes there")
 
 
 def prepare_output_folder(out: Path, *, overwrite: bool, resume: bool) -> None:

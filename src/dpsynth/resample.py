@@ -32,6 +32,9 @@ def model_digest(folder: Path) -> str:
 def load_run_config(run_dir: Path) -> dict[str, Any]:
     run_json = run_dir / outputs.RUN
     if not run_dir.is_dir() or not run_json.is_file():
+        if (run_dir / outputs.CHECKPOINT).is_dir():
+            raise DpsynthError(f"{run_dir} is an interrupted dpsynth run, not a finished one; finish it first with "
+                               f"`dpsynth run --resume --out {run_dir}`")
         raise DpsynthError(f"{run_dir} is not a finished dpsynth run (no run.json); pass the --out folder of "
                            "`dpsynth run`")
     if not (run_dir / outputs.MODEL).is_dir():

@@ -9,12 +9,13 @@ from rich.table import Table
 
 from dpsynth.outputs import DATA_REPORT
 from dpsynth.pipeline import RunResult
+from dpsynth.report.privacy_text import fmt_eps
 
 
 def guarantee_line(epsilon: float, delta: float | None) -> str:
     if not math.isfinite(epsilon):
         return "no differential privacy (ε = ∞): the synthetic data may reveal training records"
-    return f"(ε = {epsilon:.3g}, δ = {delta:.2g}) differential privacy"
+    return f"(ε = {fmt_eps(epsilon)}, δ = {delta:.2g}) differential privacy"  # ε rounded up, as in the report
 
 
 def print_run_summary(result: RunResult, console: Console | None = None) -> None:

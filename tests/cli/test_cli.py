@@ -74,6 +74,8 @@ def test_an_interrupt_says_how_to_continue_that_command(tmp_path: Path, monkeypa
     (out / "checkpoint").mkdir()
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 130 and "--resume" in result.output
+    result = CliRunner().invoke(main, [*args, "--epsilon", "inf"])  # no checkpoints without DP, whatever the folder
+    assert result.exit_code == 130 and "keeps no checkpoint" in result.output and "--resume" not in result.output
     result = CliRunner().invoke(main, ["sample", "--run", str(out), "--num", "3", "--out", str(tmp_path / "s.csv")])
     assert result.exit_code == 130 and "appends" in result.output
 
@@ -88,3 +90,29 @@ def test_sample_summary_accounts_for_every_record() -> None:
     assert "20 already there" in done and "records/s" not in done
     assert "Nothing was written" in _sample_summary({"rows_written": 0, "requested": 5, "dropped_empty": 5},
                                                     Path("o.csv"))
+
+
+def test_sigterm_takes_the_ctrl_c_path(tmp_path: Path) -> None:
+    """`kill` or a scheduler's time limit used to end a run silently (exit 143); it now says how to continue."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    started = tmp_path / "started"
+    script = (
+        "import pathlib, time, sys\n"
+        "import dpsynth.pipeline as p\n"
+        "def slow(*a, **k):\n"
+        f"    pathlib.Path({str(started)!r}).write_text('x'); time.sleep(60)\n"
+        "p.run = slow\n"
+        "from dpsynth.cli import main\n"
+        f"main(['run', '--data', 'd.csv', '--out', {str(tmp_path / 'r')!r}])\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not started.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted; no checkpoint was written yet" in err, err

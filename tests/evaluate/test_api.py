@@ -142,6 +142,16 @@ def test_config_accepts_comma_separated_labels() -> None:
     assert cfg.label_columns == ["a", "b"] and cfg.classifier == "tfidf" and cfg.k == 3
 
 
+def test_columns_default_to_the_runs(files: dict[str, Path]) -> None:
+    run = files["run"]
+    assert make_config(real=files["real"], run=run, out=files["out"]).label_columns == []  # no run.json: defaults
+    (run / "run.json").write_text(json.dumps({"config": {"text_column": "review", "label_columns": ["stars"]}}))
+    cfg = make_config(real=files["real"], run=run, out=files["out"])
+    assert (cfg.text_column, cfg.label_columns) == ("review", ["stars"])
+    cfg = make_config(real=files["real"], run=run, out=files["out"], text_column="text", label_columns="sentiment")
+    assert (cfg.text_column, cfg.label_columns) == ("text", ["sentiment"])  # given ones win
+
+
 def test_membership_inference_with_a_tiny_model(files: dict[str, Path], tmp_path: Path) -> None:
     from .conftest import char_tokenizer, tiny_causal_lm
 

@@ -118,7 +118,7 @@ def test_default_decoding_never_ends_a_record_before_it_starts(tmp_path, tokeniz
 
 
 def test_min_new_tokens_checked():
-    with pytest.raises(DpsynthError, match="min_new_tokens"):
+    with pytest.raises(DpsynthError, match="--min-new-tokens"):
         DecodingConfig(max_new_tokens=4, min_new_tokens=5)
 
 

@@ -13,6 +13,7 @@ record are listed by row number only and never shown as examples, since their te
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -42,7 +43,8 @@ class EvaluateConfig(BaseModel):
     out: Path = Field(description="Folder for metrics.json and report.html.")
     overwrite: bool = Field(False, description="Replace an earlier evaluation (metrics.json, report.html) in --out.")
     train: Path | None = Field(None, description="Real training records: train-on-real baseline and copying checks.")
-    run: Path | None = Field(None, description="Run folder whose privacy.json states the privacy guarantee.")
+    run: Path | None = Field(None, description="Run folder whose privacy.json states the privacy guarantee (its "
+                                               "text and label columns are the defaults here).")
     text_column: str = Field("text", description="Column holding the text.")
     label_columns: list[str] = Field(default_factory=list, description="Label columns to train classifiers on.")
 
@@ -87,11 +89,25 @@ class EvaluateConfig(BaseModel):
 
 
 def make_config(**values: Any) -> EvaluateConfig:
-    """Build an EvaluateConfig, turning validation errors into one-sentence `DpsynthError`s."""
+    """Build an EvaluateConfig, turning validation errors into one-sentence `DpsynthError`s. With --run, the text
+    and label columns default to the run's (the synthetic file has them; the real files should too)."""
+    if values.get("run") is not None:
+        for key, value in _run_columns(Path(values["run"])).items():
+            if values.get(key) is None:
+                values[key] = value
     try:
         return EvaluateConfig(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
         raise DpsynthError(describe_validation_error(exc)) from None
+
+
+def _run_columns(run_dir: Path) -> dict[str, Any]:
+    """The text and label columns a finished run was made with ({} if its run.json cannot be read)."""
+    try:
+        config = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {k: config[k] for k in ("text_column", "label_columns") if k in config}
 
 
 @dataclass

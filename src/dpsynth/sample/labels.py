@@ -259,7 +259,8 @@ def _thresholded_histogram(keys: Any, cols: list[str], noise_multiplier: float, 
     if not keep.any():
         raise DpsynthError(f"No label combination is frequent enough to be published under DP (noisy count above "
                            f"{threshold:.0f}); declare the label values (--label-values) or a public label "
-                           "distribution, or give the label histogram more of ε (--label-budget-fraction).")
+                           "distribution. (This outcome came from the noisy histogram: running again until one "
+                           "passes, or with more of ε for it, is another release — docs/privacy.md.)")
     kept = [c for c, k in zip(present, keep) if k]
     notes = [f"Label values were read from the private data: only combinations whose noisy count exceeded "
              f"{threshold:.1f} were published (a combination only one {'user' if cells_per_unit > 1 else 'record'} "

@@ -69,8 +69,8 @@ class DecodingConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
-            raise DpsynthError(f"min_new_tokens ({self.min_new_tokens}) must be between 0 and max_new_tokens "
-                               f"({self.max_new_tokens}).")
+            raise DpsynthError(f"--min-new-tokens ({self.min_new_tokens}) must be between 0 and --max-new-tokens "
+                               f"({self.max_new_tokens})")
 
 
 @dataclass
