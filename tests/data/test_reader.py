@@ -160,6 +160,11 @@ def test_csv_row_with_extra_field_names_the_line(tmp_path):
     assert "line 4" in message and "3 fields" in message and "header has 2" in message
 
 
+def test_tab_separated_file_named_csv_gets_a_hint(tmp_path):
+    msg = _error(_write(tmp_path / "d.csv", "text\tlabel\nhello, world\tx\n"))
+    assert "name it .tsv" in msg
+
+
 def test_csv_duplicate_column_names(tmp_path):
     assert "two columns named 'text'" in _error(_write(tmp_path / "d.csv", "text,text\na,b\n"))
 

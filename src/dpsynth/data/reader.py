@@ -145,9 +145,11 @@ def _parse_csv(text: str, name: str, delimiter: str) -> pd.DataFrame:
                 if header is None:
                     header = _clean_header(row, name)
                 elif len(row) != len(header):
+                    hint = ("; its header holds tabs: if the file is tab-separated, name it .tsv"
+                            if delimiter == "," and any("\t" in c for c in header) else "")
                     raise DpsynthError(f"{name} is not valid {kind}: the record starting on line {start} has "
                                        f"{len(row)} fields but the header has {len(header)}; check its quoting "
-                                       f"and delimiters")
+                                       f"and delimiters{hint}")
                 else:
                     rows.append(row)
                 start = reader.line_num + 1
