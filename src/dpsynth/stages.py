@@ -179,8 +179,8 @@ def plan_privacy(config: RunConfig, prepared: PreparedData) -> BudgetPlanOut:
 def _label_notes(config: RunConfig) -> list[str]:
     """What the ledger says about the label values and proportions, for the label setting actually used."""
     dp = config.label_distribution == "dp"
-    if not config.label_columns or (config.label_values is None and not dp):
-        return []  # a declared distribution file: build_label_distribution notes it
+    if not config.label_columns or not config.private or (config.label_values is None and not dp):
+        return []  # no labels; no DP (the exact mix is used); or a declared file, which build_label_distribution notes
     if config.label_values is not None:
         return ["Each label column's values are declared public (--label-values)"
                 + ("; the label proportions are protected by the DP histogram." if dp else ".")]
