@@ -277,7 +277,7 @@ Example:
               help="Tokens before a record may end (default: the run's; 1: never before its first token).")
 @click.option("--batch-size", "--sample-batch-size", "batch_size", type=click.IntRange(min=1), default=None,
               help="Prompts per batch (default: chosen by device).")
-@click.option("--drop-duplicates/--keep-duplicates", default=False, show_default=True,
+@click.option("--drop-duplicates/--keep-duplicates", " /--no-drop-duplicates", default=False, show_default=True,
               help="Remove exact duplicate records (free post-processing; counts reported).")
 @click.option("--overwrite/--no-overwrite", default=False, show_default=True,
               help="Replace --out instead of resuming it.")

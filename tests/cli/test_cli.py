@@ -20,6 +20,7 @@ def test_help_lists_commands_and_run_options_with_defaults() -> None:
     assert code == 0 and all(f"  {c} " in out for c in ("run", "demo", "evaluate", "sample"))
     code, out = _invoke("run", "--help")
     assert code == 0 and "--epsilon" in out and "[default: 4.0]" in out and "Examples:" in out
+    assert "--no-drop-duplicates" in out and "--no-drop-duplicates" in _invoke("sample", "--help")[1]  # one spelling
 
 
 def test_run_without_data_is_a_user_error() -> None:
