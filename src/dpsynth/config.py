@@ -265,13 +265,6 @@ def config_from_sources(toml_path: Path | None, overrides: dict[str, Any]) -> Ru
         raise DpsynthError(describe_validation_error(exc)) from None
     if stored:
         _refuse_changed_settings(stored, config, given=flags)
-        if from_file:  # stored settings win over the file: a changed value there must not pass unnoticed
-            try:
-                with_file = RunConfig(**{**stored, **from_file, **flags})
-            except ValidationError:
-                with_file = None
-            if with_file is not None:
-                _refuse_changed_settings(stored, with_file, given=from_file, source=toml_path)
     return config
 
 
@@ -286,8 +279,7 @@ RESUME_MAY_CHANGE = frozenset({
 })
 
 
-def _refuse_changed_settings(stored: dict[str, Any], config: RunConfig, *, given: dict[str, Any],
-                             source: Path | None = None) -> None:
+def _refuse_changed_settings(stored: dict[str, Any], config: RunConfig, *, given: dict[str, Any]) -> None:
     """Refuse, by name, an option given with --resume that would change the run it continues.
 
     Why: half the steps at one setting and half at another is neither run; the records (run.json, the ledger's
@@ -303,9 +295,8 @@ def _refuse_changed_settings(stored: dict[str, Any], config: RunConfig, *, given
         if key in RESUME_MAY_CHANGE or key not in before or _same_setting(before[key], now[key]):
             continue
         flag = "--" + key.replace("_", "-")
-        where = flag if source is None else f"{key.replace('_', '-')} in {source}"
-        raise DpsynthError(f"--resume continues the run as it started, so {where} cannot change (it was "
-                           f"{before[key]!r}, now {now[key]!r}); drop it, or start a new run with --overwrite")
+        raise DpsynthError(f"--resume continues the run as it started, so {flag} cannot change (it was "
+                           f"{before[key]!r}, now {now[key]!r}); drop {flag}, or start a new run with --overwrite")
 
 
 def _same_setting(a: Any, b: Any) -> bool:
