@@ -164,7 +164,10 @@ def test_lengths_past_the_models_context_are_refused_before_anything_is_written(
         reviews: Path, tiny_model: Path, tmp_path: Path) -> None:
     """The tiny model has 512 positions: beyond them a learned-position model crashed mid-training (after the
     label histogram was paid for) or at the sampling stage."""
-    base = ["run", "--data", str(reviews), "--label-columns", "sentiment", "--model", str(tiny_model)]
+    values = tmp_path / "values.json"  # declared: the DP threshold must not stop the run first at N = 80
+    values.write_text(json.dumps({"sentiment": ["fresh", "rotten"]}))
+    base = ["run", "--data", str(reviews), "--label-columns", "sentiment", "--label-values", str(values),
+            "--model", str(tiny_model)]
     code, output = _cli(*base, "--max-tokens", "600", "--out", str(tmp_path / "a"))
     assert code == 2 and "--max-tokens 512 or less" in output and not (tmp_path / "a").exists(), output
     code, output = _cli(*base, "--max-tokens", "48", "--max-new-tokens", "510", "--out", str(tmp_path / "b"))
@@ -338,3 +341,24 @@ def test_python_api_takes_settings_as_keywords(reviews: Path, tiny_model: Path, 
     result = dpsynth.run(**config.model_dump())
     assert result.epsilon <= 4.0 + 1e-9 and result.synthetic_path.is_file()
     assert not (tmp_path / "never").exists()
+
+
+def test_a_resumed_run_samples_again_when_its_sampling_settings_changed(reviews: Path, tiny_model: Path,
+                                                                        tmp_path: Path) -> None:
+    """A run interrupted while sampling, resumed with other sampling settings (or a file an older dpsynth began):
+    sampling is free post-processing, so the file starts over instead of sending the user to --overwrite (which
+    would retrain: a second release)."""
+    import torch
+    from rich.console import Console
+
+    from dpsynth.stages import load_and_encode, sample_stage
+
+    out = tmp_path / "run"
+    out.mkdir()
+    first = _config(reviews, tiny_model, out, label_columns=[], num_samples=6, max_new_tokens=4, top_k=1)
+    prepared = load_and_encode(first, device=torch.device("cpu"), console=Console(quiet=True))
+    sample_stage(first, prepared, None, device=torch.device("cpu"), console=Console(quiet=True))
+    resumed = first.model_copy(update={"resume": True, "top_k": 5, "num_samples": 4})
+    report = sample_stage(resumed, prepared, None, device=torch.device("cpu"), console=Console(quiet=True))
+    assert report["requested"] == 4 and report["resumed_rows"] == 0
+    assert len(pd.read_csv(out / "synthetic.csv", keep_default_na=False)) == report["rows_written"]

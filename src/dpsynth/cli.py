@@ -54,7 +54,7 @@ class _Cli(click.Group):
             click.echo(f"interrupted; {_how_to_continue(ctx.invoked_subcommand)}", err=True)
             sys.exit(130)
         finally:
-            if previous is not None:
+            if previous is not _UNCHANGED:
                 signal.signal(signal.SIGTERM, previous)
 
 
@@ -64,9 +64,14 @@ def _terminate_like_ctrl_c() -> Any:
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, handler)
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:  # a parent that chose to ignore it keeps that
+        return _UNCHANGED
+    previous = signal.signal(signal.SIGTERM, handler)
+    return signal.SIG_DFL if previous is None else previous  # None: set outside Python; restore the default
+
+
+_UNCHANGED = object()
 
 
 class _Interrupted(Exception):

@@ -78,6 +78,7 @@ def run(config: RunConfig | None = None, *, console: Any = None, **settings: Any
     from dpsynth.models.loading import describe_model
     from dpsynth.stages import (
         build_label_distribution,
+        check_sampling_fits,
         load_and_encode,
         plan_privacy,
         prepare_model,
@@ -109,6 +110,7 @@ def run(config: RunConfig | None = None, *, console: Any = None, **settings: Any
     # Before training: a label setting that cannot work (e.g. no combination clears the DP threshold) must stop
     # the run before hours of training, not after. The same on every rank.
     labels = build_label_distribution(config, prepared, budget, dist_ctx=ctx)
+    check_sampling_fits(config, prepared, labels)  # a sampling stage that would crash: refused before training
     ctx.barrier()  # every rank has checked the folder and read any prior ledger before rank 0 writes
 
     ledger = budget.ledger

@@ -78,11 +78,12 @@ def load_and_encode(config: RunConfig, *, device: torch.device, console: Any) ->
     from dpsynth.models.loading import context_length, load_model
 
     df = read_table(config.data)
-    data_sha256 = outputs.file_sha256(Path(config.data)) if Path(config.data).is_file() else None
+    data_file = Path(config.data).expanduser()
+    data_sha256 = outputs.file_sha256(data_file) if config.private and data_file.is_file() else None
     if config.resume:
         stored = (outputs.read_resume_settings(config.out) or {}).get("data_sha256")
         if stored and data_sha256 and stored != data_sha256:
-            raise DpsynthError(f"--resume: {config.data} is not the file the interrupted run trained on (its contents "
+            raise DpsynthError(f"--resume: {config.data} is not the file the interrupted run trained on (its bytes "
                                "differ); resume with that file, or start a new run with --overwrite")
     spec = DatasetSpec(text_column=config.text_column, label_columns=list(config.label_columns),
                        user_column=config.user_column)
@@ -112,11 +113,6 @@ def load_and_encode(config: RunConfig, *, device: torch.device, console: Any) ->
         else [""] * len(table)
     records = encode_records(loaded.tokenizer, prefixes, table[config.text_column].tolist(),
                              max_tokens=config.max_tokens, loss_on_prefix=config.loss_on_prefix)
-    new_tokens = config.resolved_max_new_tokens()
-    if context is not None and records.longest_prefix + new_tokens > context:
-        raise DpsynthError(f"sampling {new_tokens} new tokens after control codes of up to {records.longest_prefix} "
-                           f"tokens would run past the {context} positions {loaded.name} was built for; use "
-                           f"--max-new-tokens {context - records.longest_prefix} or less")
     data_report = validated.report.to_dict() | records.summary()
     if units is not None:
         data_report |= {"num_users": len(units), "records_per_user_cap": config.max_records_per_user,
@@ -232,6 +228,13 @@ def prepare_model(config: RunConfig, prepared: PreparedData, *, device: torch.de
     loaded.model = loaded.model.to(device)
     if config.private:
         check_clippable(loaded.model, device)
+        if device.type == "cpu":
+            from dpsynth.privacy.noise import check_cpu_generator
+
+            try:
+                check_cpu_generator()
+            except RuntimeError as exc:
+                raise DpsynthError(str(exc)) from None
 
 
 def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut, *, device: torch.device,
@@ -416,13 +419,13 @@ def build_label_distribution(config: RunConfig, prepared: PreparedData, budget: 
         if already_paid and saved.is_file():
             # A resumed run already released (and paid for) its histogram: reuse it, never draw a second one.
             return label_distribution_from_dict(json.loads(saved.read_text()))
-        if already_paid and config.secure_rng:
-            # A second secure draw would be a second release, and the threshold's δ was sized for one.
+        if already_paid:
+            # A second draw would be a second release (secure noise, or a seed changed on resume), and the
+            # threshold's δ was sized for one.
             raise DpsynthError(f"--resume: {outputs.LABELS} is missing from {config.out}, but the interrupted run "
                                "already paid for its DP label histogram; put the file back, or start again with "
                                "--overwrite")
-        if not already_paid:  # (seeded noise redraws the identical histogram: nothing new is released)
-            budget.ledger.add(hist)
+        budget.ledger.add(hist)
         generator = np.random.default_rng((dist_ctx or DistContext()).shared_secret() if config.secure_rng
                                           else seeded_stream(config.seed, "label histogram"))
         # One user changes up to `cap` counts by 1 each, possibly all in one cell: L2 sensitivity ≤ cap.
@@ -441,6 +444,27 @@ def build_label_distribution(config: RunConfig, prepared: PreparedData, budget: 
     return public_label_distribution(config.label_distribution, cols, declared)
 
 
+def check_sampling_fits(config: RunConfig, prepared: PreparedData, labels: Any) -> None:
+    """Refuse, before training, a --max-new-tokens that would run past the model's positions after the longest
+    prompt sampling will use. The prompts are those of the label distribution — published or declared, so the
+    advised number reveals nothing private. (The last token is never fed back: prompt + new − 1 must fit.)"""
+    from dpsynth.models.loading import context_length
+    from dpsynth.sample.generate import encode_prompts
+    from dpsynth.sample.sampler import build_prompt
+
+    context = context_length(prepared.loaded.model)
+    if context is None:
+        return
+    cols = list(config.label_columns)
+    prompts = [build_prompt(c, cols) for c in labels.combos] if labels is not None and cols else [""]
+    longest = max(len(ids) for ids in encode_prompts(prepared.loaded.tokenizer, prompts))
+    new_tokens = config.resolved_max_new_tokens()
+    if longest + new_tokens - 1 > context:
+        raise DpsynthError(f"sampling {new_tokens} new tokens after prompts of up to {longest} tokens would run past "
+                           f"the {context} positions {prepared.loaded.name} was built for; use --max-new-tokens "
+                           f"{context - longest + 1} or less")
+
+
 def sample_stage(config: RunConfig, prepared: PreparedData, labels: Any, *, device: torch.device,
                  console: Any, dist_ctx: Any = None) -> dict[str, Any]:
     """Generate --num-samples records into synthetic.csv (resumable).
@@ -448,7 +472,7 @@ def sample_stage(config: RunConfig, prepared: PreparedData, labels: Any, *, devi
     Under torchrun every rank calls this with its `dist_ctx`: the chunks are split across ranks and rank 0 merges
     them into the file one process would write (`dpsynth.sample.sampler._sample_sharded`).
     """
-    from dpsynth.sample.sampler import DecodingConfig, sample_synthetic
+    from dpsynth.sample.sampler import DecodingConfig, SamplingSettingsChanged, sample_synthetic
 
     loaded = prepared.loaded
     model = loaded.model.to(device).eval()
@@ -457,9 +481,21 @@ def sample_stage(config: RunConfig, prepared: PreparedData, labels: Any, *, devi
                               repetition_penalty=config.repetition_penalty,
                               max_new_tokens=config.resolved_max_new_tokens(),
                               min_new_tokens=config.min_new_tokens)
-    report = sample_synthetic(model, loaded.tokenizer, labels, n, config.out / outputs.SYNTHETIC,
-                              label_columns=list(config.label_columns), text_column=config.text_column,
-                              decoding=decoding, seed=config.seed, batch_size=config.sample_batch_size,
-                              resume=config.resume, progress=True, drop_duplicates=config.drop_duplicates,
-                              add_bos=False, dist_ctx=dist_ctx)
+    def sample(resume: bool) -> Any:
+        return sample_synthetic(model, loaded.tokenizer, labels, n, config.out / outputs.SYNTHETIC,
+                                label_columns=list(config.label_columns), text_column=config.text_column,
+                                decoding=decoding, seed=config.seed, batch_size=config.sample_batch_size,
+                                resume=resume, progress=True, drop_duplicates=config.drop_duplicates,
+                                add_bos=False, dist_ctx=dist_ctx)
+
+    try:
+        report = sample(config.resume)
+    except SamplingSettingsChanged:
+        if dist_ctx is not None and dist_ctx.enabled:
+            raise  # every rank would have to agree to start over; one process can
+        # A resumed run whose sampling settings changed (or were sampled by an older dpsynth): sampling is free
+        # post-processing of the trained model, so start the file over rather than send the user to --overwrite,
+        # which would retrain (a second release).
+        console.print(f"{outputs.SYNTHETIC} was being sampled with other settings: sampling it again")
+        report = sample(False)
     return report.to_dict()

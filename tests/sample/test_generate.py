@@ -175,5 +175,7 @@ def test_static_decoder_is_reused_across_calls(tokenizer, tiny_model_f64):
 
 def test_prompt_plus_new_tokens_past_the_context_is_refused(tokenizer, tiny_model) -> None:
     # (the tiny model has 512 positions; its learned-position twin would index past its table)
-    with pytest.raises(DpsynthError, match="--max-new-tokens"):
-        generate_token_ids(tiny_model, tokenizer, PROMPTS[:2], max_new_tokens=512, batch_size=2)
+    ids = [[5, 6, 7]]  # 3 + 510 tokens: the last is never fed back, so 512 positions hold it; 511 new would not
+    assert len(generate_token_ids(tiny_model, tokenizer, ids, max_new_tokens=510, min_new_tokens=510)[0]) == 510
+    with pytest.raises(DpsynthError, match="--max-new-tokens 510 or less"):
+        generate_token_ids(tiny_model, tokenizer, ids, max_new_tokens=511)

@@ -36,15 +36,12 @@ class EncodedRecords(Sequence[EncodedRecord]):
     """All records of a dataset, stored flat; `records[i]` returns views, `lengths[i]` the token count."""
 
     def __init__(self, ids: torch.Tensor, loss_mask: torch.Tensor, offsets: torch.Tensor, *, max_tokens: int,
-                 num_truncated: int, longest_prefix: int = 0) -> None:
+                 num_truncated: int) -> None:
         self.ids = ids
         self.loss_mask = loss_mask
         self.offsets = offsets  # len(records) + 1 int64 boundaries into ids
         self.max_tokens = max_tokens
         self.num_truncated = num_truncated  # records cut at max_tokens (their EOS dropped); an aggregate count
-        # Tokens of the longest control-code prefix (a sampling prompt): for the operator's checks only, never
-        # written to the run folder (it depends on which label values occur).
-        self.longest_prefix = longest_prefix
 
     def __len__(self) -> int:
         return int(self.offsets.numel()) - 1
@@ -127,8 +124,7 @@ def encode_records(tokenizer: Any, prefixes: Sequence[str], texts: Sequence[str]
     else:  # position within its record >= that record's prefix length
         position = torch.arange(ids_all.numel()) - torch.repeat_interleave(offsets[:-1], lengths_t)
         mask_all = position >= torch.repeat_interleave(torch.tensor(prefix_lengths, dtype=torch.long), lengths_t)
-    return EncodedRecords(ids_all, mask_all, offsets, max_tokens=max_tokens, num_truncated=truncated,
-                          longest_prefix=longest)
+    return EncodedRecords(ids_all, mask_all, offsets, max_tokens=max_tokens, num_truncated=truncated)
 
 
 def _tokenise(tokenizer: Any, texts: list[str], max_length: int | None = None) -> list[list[int]]:

@@ -9,6 +9,7 @@ mixing two audits in one report. Each finished run folder also keeps the audit's
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import hashlib
 import json
@@ -92,6 +93,15 @@ def write_csv_if_changed(frame: pd.DataFrame, path: Path) -> None:
 
 
 def _comparable(run_config: dict[str, Any]) -> dict[str, Any]:
+    """The settings a finished run must share with the audit's, with today's defaults filled in: a run.json from
+    an earlier version lacks settings added since (e.g. min_new_tokens) that it ran at their default."""
+    from pydantic import ValidationError
+
+    from dpsynth.config import RunConfig
+
+    with contextlib.suppress(ValidationError):  # else compared as stored: a mismatch gets the usual advice
+        run_config = RunConfig(**{k: v for k, v in run_config.items() if k in RunConfig.model_fields}
+                               ).model_dump(mode="json")
     d = {k: v for k, v in run_config.items() if k not in _RUN_NOT_COMPARED}
     return json.loads(json.dumps(d, sort_keys=True, default=str))
 

@@ -72,10 +72,16 @@ def _cpu_state_template() -> torch.Tensor:
               and np.array_equal(raw[_WORDS:_WORDS + 8 * _MT_WORDS].view(np.uint64), _mt_init_words(probe_seed)))
         if not ok:
             raise RuntimeError(f"torch {torch.__version__}'s CPU random-generator state has a layout dpsynth does not "
-                               "know, so it cannot seed the DP noise with full entropy; install the torch version "
-                               "dpsynth supports (see pyproject.toml) or train on CUDA.")
+                               "know, so it cannot seed the DP noise with full entropy on the CPU; install the torch "
+                               "version dpsynth supports (see pyproject.toml) or train on CUDA")
         _cpu_template = state
     return _cpu_template
+
+
+def check_cpu_generator() -> None:
+    """Raise RuntimeError now if the CPU generator's state layout is unknown (a run checks this before it writes
+    or pays for anything)."""
+    _cpu_state_template()
 
 
 def _mt_state(words: np.ndarray) -> torch.Tensor:
@@ -104,7 +110,6 @@ class NoiseSource:
         self.seed_was_given = seed is not None and not secure
         self.seed = None if secure else (int(seed) if seed is not None else secrets.randbits(63))
         self._generators: dict[str, torch.Generator] = {}
-        _cpu_state_template()  # an unknown generator layout stops the run here, before any step is paid for
 
     def _device_seed_sequence(self, device: torch.device) -> np.random.SeedSequence:
         """A distinct stream per device, derived from the run seed (same seed + device → same stream)."""

@@ -444,10 +444,10 @@ def generate_token_ids(
         return []
     if not isinstance(model, str):
         context, longest = context_length(model), max(map(len, ids))
-        if context is not None and longest + max_new_tokens > context:
+        if context is not None and longest + max_new_tokens - 1 > context:  # the last token is never fed back
             raise DpsynthError(f"prompts of up to {longest} tokens plus {max_new_tokens} new tokens run past the "
                                f"{context} positions the model was built for; use --max-new-tokens "
-                               f"{max(1, context - longest)} or less")
+                               f"{max(1, context - longest + 1)} or less")
     eos_ids = _eos_ids(tokenizer, model, eos_token_id)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     cfg = _Decoding(max_new_tokens, min_new_tokens, float(temperature), int(top_k), float(top_p),

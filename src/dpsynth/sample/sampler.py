@@ -50,6 +50,10 @@ PREFIX_END = "\n\n"
 MIN_CHUNK_ROWS = 256
 
 
+class SamplingSettingsChanged(DpsynthError):
+    """The output holds a resumable sampling run of other settings (a caller may choose to start it over)."""
+
+
 @dataclass
 class DecodingConfig:
     """Sampling settings; the defaults are the reference recipe's (top-k 50, top-p 0.9, 128 new tokens).
@@ -122,9 +126,12 @@ def _fingerprint(num_samples: int, seed: int, label_columns: Sequence[str], text
                  decoding: DecodingConfig, dist: LabelDistribution | None, model_id: str | None = None) -> str:
     """What must match for a resume to continue the same run (the label draws and decoding depend on it, the
     texts on the model: `model_id` keeps a file sampled from an earlier model from being "resumed")."""
+    decoding_fields = asdict(decoding)
+    if decoding_fields["min_new_tokens"] == 0:  # as files from before the setting existed were sampled
+        del decoding_fields["min_new_tokens"]
     payload = {
         "num_samples": num_samples, "seed": seed, "label_columns": list(label_columns), "text_column": text_column,
-        "decoding": asdict(decoding),
+        "decoding": decoding_fields,
         "labels": None if dist is None else [[c, float(p)] for c, p in zip(dist.combos, dist.probabilities)],
     }
     if model_id is not None:
@@ -164,9 +171,9 @@ def _resumable_state(writer: SyntheticWriter, out_path: str | Path, fingerprint:
         raise DpsynthError(f"{Path(out_path).name} already holds rows that were not written by a resumable dpsynth "
                            "sampling run; choose another output path or overwrite it.")
     if state and state.get("fingerprint") != fingerprint:
-        raise DpsynthError(f"{Path(out_path).name} is from a sampling run with different settings (sample count, "
-                           "seed, decoding, labels or model); pass --overwrite to replace it, or choose another "
-                           "output path.")
+        raise SamplingSettingsChanged(f"{Path(out_path).name} is from a sampling run with different settings "
+                                      "(sample count, seed, decoding, labels or model); pass --overwrite to replace "
+                                      "it, or choose another output path.")
     return state
 
 
