@@ -220,7 +220,7 @@ def test_parts_travel_to_rank_zero_without_a_shared_filesystem(runs: Path) -> No
 
 def test_refusal_on_rank_zero_reaches_every_rank(runs: Path) -> None:
     r0, r1 = _results(runs)
-    assert r0["refused"]["error"] == "DpsynthError" and "different settings" in r0["refused"]["message"]
+    assert r0["refused"]["error"] == "SamplingSettingsChanged" and "different settings" in r0["refused"]["message"]
     assert r1["refused"]["error"] == "DpsynthError" and "Rank 0" in r1["refused"]["message"]
 
 
