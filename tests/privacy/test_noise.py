@@ -74,6 +74,9 @@ def test_state_round_trip_continues_the_noise() -> None:
     assert torch.equal(resumed.normal_like(t, 1.0), expected)
     with pytest.raises(ValueError):
         NoiseSource(secure=True).load_state_dict(state)
+    if not torch.cuda.is_available():  # a seeded CUDA run's noise state cannot continue on a CPU-only machine
+        with pytest.raises(ValueError, match="where CUDA is available"):
+            NoiseSource(seed=1).load_state_dict({**state, "generators": {"cuda:0": state["generators"]["cpu"]}})
 
 
 def test_secure_draws_differ_across_instances_and_draws() -> None:

@@ -197,6 +197,8 @@ class NoiseSource:
         self.seed_was_given = True
         self._generators = {}
         for name, gen_state in state["generators"].items():
+            if name.startswith("cuda") and not torch.cuda.is_available():
+                raise ValueError(f"this seeded run drew its noise on {name}; resume it where CUDA is available")
             gen = torch.Generator(device=torch.device(name))
             gen.set_state(gen_state)
             self._generators[name] = gen
