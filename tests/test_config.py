@@ -175,6 +175,12 @@ def test_resume_precedence_and_refusals(tmp_path: Path) -> None:
         config_from_sources(None, {"out": str(run_dir), "resume": True, "lora_rank": 4})
     assert config_from_sources(None, {"out": str(run_dir), "resume": True, "epsilon": "8", "top_p": 0.5,
                                       "data": str(tmp_path / "moved.csv")}).top_p == 0.5
+    # A RunConfig built in Python meets the same rule when the run starts (it skips config_from_sources).
+    from dpsynth.config import refuse_changed_resume_settings
+
+    with pytest.raises(DpsynthError, match="--epsilon cannot change"):
+        refuse_changed_resume_settings(RunConfig(data=tmp_path / "d.csv", out=run_dir, resume=True))
+    refuse_changed_resume_settings(RunConfig(data=tmp_path / "d.csv", out=run_dir, resume=True, epsilon=8, seed=3))
 
     finished = tmp_path / "finished"
     finished.mkdir()

@@ -299,6 +299,17 @@ def _refuse_changed_settings(stored: dict[str, Any], config: RunConfig, *, given
                            f"{before[key]!r}, now {now[key]!r}); drop {flag}, or start a new run with --overwrite")
 
 
+def refuse_changed_resume_settings(config: RunConfig) -> None:
+    """Every setting outside RESUME_MAY_CHANGE must equal the one stored with the checkpoint (none stored: the
+    ledger's and the checkpoint's own checks still apply)."""
+    from dpsynth import outputs
+
+    stored = outputs.read_resume_settings(Path(config.out))
+    if stored:
+        stored = {k: v for k, v in stored.items() if k in RunConfig.model_fields}
+        _refuse_changed_settings(stored, config, given=dict.fromkeys(RunConfig.model_fields))
+
+
 def _same_setting(a: Any, b: Any) -> bool:
     if a == b:
         return True

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from dpsynth import __version__, outputs
-from dpsynth.config import RunConfig, config_from_sources
+from dpsynth.config import RunConfig, config_from_sources, refuse_changed_resume_settings
 from dpsynth.errors import DpsynthError
 
 
@@ -97,6 +97,8 @@ def run(config: RunConfig | None = None, *, console: Any = None, **settings: Any
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     outputs.check_output_folder(config.out, overwrite=config.overwrite, resume=config.resume)
+    if config.resume:  # also for a RunConfig built in Python, which did not pass through config_from_sources
+        refuse_changed_resume_settings(config)
     device = resolve_device(config.device)
     if ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
