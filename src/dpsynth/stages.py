@@ -446,23 +446,15 @@ def build_label_distribution(config: RunConfig, prepared: PreparedData, budget: 
 
 def check_sampling_fits(config: RunConfig, prepared: PreparedData, labels: Any) -> None:
     """Refuse, before training, a --max-new-tokens that would run past the model's positions after the longest
-    prompt sampling will use. The prompts are those of the label distribution — published or declared, so the
-    advised number reveals nothing private. (The last token is never fed back: prompt + new − 1 must fit.)"""
-    from dpsynth.models.loading import context_length
-    from dpsynth.sample.generate import encode_prompts
+    prompt sampling will use (the check generation itself makes). The prompts are those of the label
+    distribution — published or declared, so the advised number reveals nothing private."""
+    from dpsynth.sample.generate import check_fits_context, encode_prompts
     from dpsynth.sample.sampler import build_prompt
 
-    context = context_length(prepared.loaded.model)
-    if context is None:
-        return
     cols = list(config.label_columns)
     prompts = [build_prompt(c, cols) for c in labels.combos] if labels is not None and cols else [""]
     longest = max(len(ids) for ids in encode_prompts(prepared.loaded.tokenizer, prompts))
-    new_tokens = config.resolved_max_new_tokens()
-    if longest + new_tokens - 1 > context:
-        raise DpsynthError(f"sampling {new_tokens} new tokens after prompts of up to {longest} tokens would run past "
-                           f"the {context} positions {prepared.loaded.name} was built for; use --max-new-tokens "
-                           f"{context - longest + 1} or less")
+    check_fits_context(prepared.loaded.model, longest, config.resolved_max_new_tokens())
 
 
 def sample_stage(config: RunConfig, prepared: PreparedData, labels: Any, *, device: torch.device,
@@ -481,6 +473,7 @@ def sample_stage(config: RunConfig, prepared: PreparedData, labels: Any, *, devi
                               repetition_penalty=config.repetition_penalty,
                               max_new_tokens=config.resolved_max_new_tokens(),
                               min_new_tokens=config.min_new_tokens)
+
     def sample(resume: bool) -> Any:
         return sample_synthetic(model, loaded.tokenizer, labels, n, config.out / outputs.SYNTHETIC,
                                 label_columns=list(config.label_columns), text_column=config.text_column,

@@ -407,6 +407,16 @@ def auto_batch_size(model: Any, num_prompts: int, prompt_len: int, max_new_token
     return max(1, min(1024, rows, num_prompts))
 
 
+def check_fits_context(model: Any, longest_prompt: int, max_new_tokens: int) -> None:
+    """Refuse prompts + new tokens past the positions the model was built for (a learned-position model would
+    crash mid-generation). The last token is never fed back, so prompt + new − 1 positions must fit."""
+    context = context_length(model)
+    if context is not None and longest_prompt + max_new_tokens - 1 > context:
+        raise DpsynthError(f"prompts of up to {longest_prompt} tokens plus {max_new_tokens} new tokens would run "
+                           f"past the {context} positions the model was built for; use --max-new-tokens "
+                           f"{max(1, context - longest_prompt + 1)} or less")
+
+
 def generate_token_ids(
     model: Any,
     tokenizer: Any,
@@ -443,11 +453,7 @@ def generate_token_ids(
     if not ids:
         return []
     if not isinstance(model, str):
-        context, longest = context_length(model), max(map(len, ids))
-        if context is not None and longest + max_new_tokens - 1 > context:  # the last token is never fed back
-            raise DpsynthError(f"prompts of up to {longest} tokens plus {max_new_tokens} new tokens run past the "
-                               f"{context} positions the model was built for; use --max-new-tokens "
-                               f"{max(1, context - longest + 1)} or less")
+        check_fits_context(model, max(map(len, ids)), max_new_tokens)
     eos_ids = _eos_ids(tokenizer, model, eos_token_id)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     cfg = _Decoding(max_new_tokens, min_new_tokens, float(temperature), int(top_k), float(top_p),
