@@ -167,17 +167,22 @@ def test_resume_precedence_and_refusals(tmp_path: Path) -> None:
     toml.write_text('epsilon = 4\nseed = 1\ntop_k = 7\n')
     cfg = config_from_sources(toml, {"out": str(run_dir), "resume": True, "seed": 9})
     assert (cfg.epsilon, cfg.seed, cfg.top_k) == (8, 9, 50)
-    # An option that would change what was trained is refused by name (the same value given again is fine).
-    with pytest.raises(DpsynthError, match=r"--resume continues the run as it started, so --epsilon cannot change "
-                                           r"\(it was 8.0, now 4.0\)"):
-        config_from_sources(None, {"out": str(run_dir), "resume": True, "epsilon": "4"})
-    with pytest.raises(DpsynthError, match="--lora-rank cannot change"):
-        config_from_sources(None, {"out": str(run_dir), "resume": True, "lora_rank": 4})
-    assert config_from_sources(None, {"out": str(run_dir), "resume": True, "epsilon": "8", "top_p": 0.5,
-                                      "data": str(tmp_path / "moved.csv")}).top_p == 0.5
-    # A RunConfig built in Python meets the same rule when the run starts (it skips config_from_sources).
+    # An option that would change what was trained is refused by name when the run starts (the same value given
+    # again is fine).
     from dpsynth.config import refuse_changed_resume_settings
 
+    def resumed(**flags: object) -> RunConfig:
+        config = config_from_sources(None, {"out": str(run_dir), "resume": True, **flags})
+        refuse_changed_resume_settings(config)
+        return config
+
+    with pytest.raises(DpsynthError, match=r"--resume continues the run as it started, so --epsilon cannot change "
+                                           r"\(it was 8.0, now 4.0\)"):
+        resumed(epsilon="4")
+    with pytest.raises(DpsynthError, match="--lora-rank cannot change"):
+        resumed(lora_rank=4)
+    assert resumed(epsilon="8", top_p=0.5, data=str(tmp_path / "moved.csv")).top_p == 0.5
+    # A RunConfig built in Python meets the same rule (it skips config_from_sources).
     with pytest.raises(DpsynthError, match="--epsilon cannot change"):
         refuse_changed_resume_settings(RunConfig(data=tmp_path / "d.csv", out=run_dir, resume=True))
     refuse_changed_resume_settings(RunConfig(data=tmp_path / "d.csv", out=run_dir, resume=True, epsilon=8, seed=3))

@@ -252,20 +252,16 @@ def config_from_sources(toml_path: Path | None, overrides: dict[str, Any]) -> Ru
                                "of `dpsynth run --help` without the dashes in front (e.g. learning-rate = 1e-3)")
     flags = {k: v for k, v in overrides.items() if v is not None}
     values = {**from_file, **flags}
-    stored: dict[str, Any] = {}
     if values.get("resume") and not values.get("overwrite") and values.get("out") is not None:
         # `dpsynth run --resume --out DIR` is enough: the interrupted run stored the settings it ran with (its
         # TOML file's included) with its checkpoint. They win over the TOML file; flags given now win over them
-        # where they may change (RESUME_MAY_CHANGE); any other change is refused.
-        stored = _stored_settings(Path(values["out"]), given=values)
-        values = {**from_file, **stored, **flags}
+        # where they may change (RESUME_MAY_CHANGE); any other change is refused when the run starts
+        # (refuse_changed_resume_settings, which also sees a RunConfig built in Python).
+        values = {**from_file, **_stored_settings(Path(values["out"]), given=values), **flags}
     try:
-        config = RunConfig(**values)
+        return RunConfig(**values)
     except ValidationError as exc:
         raise DpsynthError(describe_validation_error(exc)) from None
-    if stored:
-        _refuse_changed_settings(stored, config, given=flags)
-    return config
 
 
 # What a resumed run may do differently: where it runs, how it checkpoints, and the sampling still to come (the
@@ -279,35 +275,36 @@ RESUME_MAY_CHANGE = frozenset({
 })
 
 
-def _refuse_changed_settings(stored: dict[str, Any], config: RunConfig, *, given: dict[str, Any]) -> None:
-    """Refuse, by name, an option given with --resume that would change the run it continues.
+def refuse_changed_resume_settings(config: RunConfig) -> None:
+    """Refuse, by name, a setting outside RESUME_MAY_CHANGE that differs from the one stored with the checkpoint
+    (none stored, or stored by an older version: the ledger's and the checkpoint's own checks still apply).
 
     Why: half the steps at one setting and half at another is neither run; the records (run.json, the ledger's
     clip norm) would describe only the new value, and some changes (another LoRA rank, model) cannot load the
     checkpoint at all.
     """
-    try:
-        before = RunConfig(**{**stored, "out": config.out, "resume": True}).model_dump(mode="json")
-    except ValidationError:
-        return  # settings an older version stored: the ledger and the checkpoint still refuse what cannot continue
+    from dpsynth import outputs
+
+    before = normalised_run_settings({**(outputs.read_resume_settings(Path(config.out)) or {}),
+                                      "out": config.out, "resume": True})
+    if before is None:
+        return
     now = config.model_dump(mode="json")
-    for key in given:
-        if key in RESUME_MAY_CHANGE or key not in before or _same_setting(before[key], now[key]):
+    for key, value in before.items():
+        if key in RESUME_MAY_CHANGE or _same_setting(value, now[key]):
             continue
         flag = "--" + key.replace("_", "-")
         raise DpsynthError(f"--resume continues the run as it started, so {flag} cannot change (it was "
-                           f"{before[key]!r}, now {now[key]!r}); drop {flag}, or start a new run with --overwrite")
+                           f"{value!r}, now {now[key]!r}); drop {flag}, or start a new run with --overwrite")
 
 
-def refuse_changed_resume_settings(config: RunConfig) -> None:
-    """Every setting outside RESUME_MAY_CHANGE must equal the one stored with the checkpoint (none stored: the
-    ledger's and the checkpoint's own checks still apply)."""
-    from dpsynth import outputs
-
-    stored = outputs.read_resume_settings(Path(config.out))
-    if stored:
-        stored = {k: v for k, v in stored.items() if k in RunConfig.model_fields}
-        _refuse_changed_settings(stored, config, given=dict.fromkeys(RunConfig.model_fields))
+def normalised_run_settings(settings: dict[str, Any]) -> dict[str, Any] | None:
+    """Stored run settings as today's RunConfig dumps them — defaults filled in for settings added since, keys it
+    no longer has left out — so old and new records compare; None if they no longer validate."""
+    try:
+        return RunConfig(**{k: v for k, v in settings.items() if k in RunConfig.model_fields}).model_dump(mode="json")
+    except ValidationError:
+        return None
 
 
 def _same_setting(a: Any, b: Any) -> bool:

@@ -9,7 +9,6 @@ mixing two audits in one report. Each finished run folder also keeps the audit's
 
 from __future__ import annotations
 
-import contextlib
 import filecmp
 import hashlib
 import json
@@ -95,13 +94,10 @@ def write_csv_if_changed(frame: pd.DataFrame, path: Path) -> None:
 def _comparable(run_config: dict[str, Any]) -> dict[str, Any]:
     """The settings a finished run must share with the audit's, with today's defaults filled in: a run.json from
     an earlier version lacks settings added since (e.g. min_new_tokens) that it ran at their default."""
-    from pydantic import ValidationError
+    from dpsynth.config import normalised_run_settings
 
-    from dpsynth.config import RunConfig
-
-    with contextlib.suppress(ValidationError):  # else compared as stored: a mismatch gets the usual advice
-        run_config = RunConfig(**{k: v for k, v in run_config.items() if k in RunConfig.model_fields}
-                               ).model_dump(mode="json")
+    # (settings that no longer validate are compared as stored: a mismatch gets the usual advice)
+    run_config = normalised_run_settings(run_config) or run_config
     d = {k: v for k, v in run_config.items() if k not in _RUN_NOT_COMPARED}
     return json.loads(json.dumps(d, sort_keys=True, default=str))
 
