@@ -73,6 +73,7 @@ class UtilityBenchConfig:
     max_new_tokens: int | None = None  # None: = max_tokens
     batch_size: int | None = None  # None: the pipeline's defaults (N/8 ≤ 256 with DP, 32 without)
     learning_rate: float | None = None  # None: the pipeline's defaults per finetune mode and privacy
+    lr_schedule: str | None = None  # None: the pipeline's default
     physical_batch_size: int = 8
     sample_batch_size: int = 64
     classifier: str = "tfidf"
@@ -158,7 +159,8 @@ def run_pipeline(cfg: UtilityBenchConfig, eps: float, train_csv: Path, model: st
         data=train_csv, text_column=TEXT_COLUMN, label_columns=list(LABEL_COLUMNS), out=run_dir, overwrite=True,
         model=model, finetune=cfg.finetune, epsilon=eps, **_given(cfg, "lora_rank", "lora_targets", "loss_on_prefix"),
         epochs=cfg.epochs, batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate, physical_batch_size=cfg.physical_batch_size, max_tokens=cfg.max_tokens,
+        learning_rate=cfg.learning_rate, lr_schedule=cfg.lr_schedule, physical_batch_size=cfg.physical_batch_size,
+        max_tokens=cfg.max_tokens,
         max_new_tokens=cfg.max_new_tokens, num_samples=cfg.num_samples or cfg.train_records,
         sample_batch_size=cfg.sample_batch_size, seed=cfg.seed, device=cfg.device, label_values=label_values,
         secure_rng=False)  # seeded noise and batches: a benchmark must be repeatable (its models are not published)
@@ -176,6 +178,7 @@ def run_pipeline(cfg: UtilityBenchConfig, eps: float, train_csv: Path, model: st
         "label_noise_multiplier": (record.get("label_distribution") or {}).get("noise_multiplier"),
         "steps": steps, "expected_batch_size": plan["expected_batch_size"], "sample_rate": plan["sample_rate"],
         "epochs": config.resolved_epochs(), "learning_rate": training.get("learning_rate"),
+        "lr_schedule": training.get("lr_schedule", "constant"),
         "train_step_s": training["seconds"] / steps if steps else None,
         "synthetic_rows": result.num_samples, "sampling": _sampling_summary(sampling),
         "timings_s": _timings(result.timings, wall),
@@ -428,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, help="tokens per synthetic record (default: --max-tokens)")
     p.add_argument("--batch-size", type=int, help="expected logical batch (default: the pipeline's)")
     p.add_argument("--learning-rate", type=float, help="learning rate (default: the pipeline's)")
+    p.add_argument("--lr-schedule", choices=("constant", "linear"), help="LR schedule (default: the pipeline's)")
     p.add_argument("--physical-batch-size", type=int, help="examples per forward pass (default 8)")
     p.add_argument("--sample-batch-size", type=int, help="prompts per generation batch (default 64)")
     p.add_argument("--classifier", choices=("tfidf", "transformer"), help="downstream classifier (default tfidf)")

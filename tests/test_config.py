@@ -81,7 +81,8 @@ _NOT_DEFAULT = {
     "drop_empty": True, "max_tokens": 64, "loss_on_prefix": True, "model": "some/model", "finetune": "full",
     "lora_rank": 4, "lora_targets": ["q_proj"], "delta": 1e-6, "clip_norm": 0.5, "label_distribution": "uniform",
     "label_values": Path("values.json"),
-    "epochs": 1.5, "batch_size": 16, "physical_batch_size": 2, "learning_rate": 1e-3, "checkpoint_every": 5,
+    "epochs": 1.5, "batch_size": 16, "physical_batch_size": 2, "learning_rate": 1e-3, "lr_schedule": "linear",
+    "checkpoint_every": 5,
     "num_samples": 7, "max_new_tokens": 32, "sample_batch_size": 8, "seed": 3, "device": "cpu", "precision": "fp32",
 }
 

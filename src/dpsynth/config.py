@@ -101,6 +101,9 @@ class RunConfig(BaseModel):
     learning_rate: float | None = Field(None, gt=0, description="AdamW learning rate; default by --finetune (LoRA "
                                                                "with DP: 2e-3 up to batch 100, rising linearly "
                                                                "to 1e-2 at batch 250 and above).")
+    lr_schedule: Literal["constant", "linear"] | None = Field(
+        None, description="Learning rate over the run: constant, or linear decay from --learning-rate down to "
+                          "1/steps of it at the last step; default constant.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     checkpoint_every: int = Field(20, ge=1, description="Checkpoint every this many logical steps (what --resume "
                                                         "continues from).")
@@ -198,6 +201,9 @@ class RunConfig(BaseModel):
     def resolved_max_new_tokens(self) -> int:
         return self.max_new_tokens or self.max_tokens
 
+    def resolved_lr_schedule(self) -> str:
+        return self.lr_schedule or "constant"
+
     def resume_settings(self) -> dict[str, Any]:
         """The settings stored with a checkpoint for `--resume`: everything but where and how to write, with files
         made absolute so that the run can be continued from another directory."""
@@ -219,7 +225,8 @@ RUN_SETTINGS: tuple[str, ...] = (
     "text_column", "label_columns", "user_column", "max_records_per_user", "drop_empty", "max_tokens", "loss_on_prefix",
     "model", "finetune", "lora_rank", "lora_targets", "delta", "clip_norm", "label_distribution", "label_values",
     "epochs",
-    "batch_size", "physical_batch_size", "learning_rate", "checkpoint_every", "num_samples", "max_new_tokens",
+    "batch_size", "physical_batch_size", "learning_rate", "lr_schedule", "checkpoint_every", "num_samples",
+    "max_new_tokens",
     "sample_batch_size", "seed", "device", "precision",
 )
 

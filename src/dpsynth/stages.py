@@ -299,6 +299,7 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
                              expected_batch_size=budget.expected_batch_size,
                              noise_multiplier=plan.dpsgd.noise_multiplier, clip_norm=config.clip_norm,
                              learning_rate=lr, weight_decay=config.weight_decay,
+                             lr_schedule=config.resolved_lr_schedule(),
                              physical_batch_size=max(config.physical_batch_size,
                                                      config.max_records_per_user if prepared.units else 1))
     trainer = DPTrainer(model, dp_plan, sampler=sampler, collate=collate_ids, lengths=lengths, noise=noise,
@@ -340,6 +341,7 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
         result = trainer.train(start_step=start_step, num_steps=remaining, before_update=spend, after_step=after)
     return {"steps": counted[0], "steps_this_session": result.steps_done, "resumed_from_step": start_step,
             "seconds": result.seconds, "examples_seen": result.examples_seen, "learning_rate": lr,
+            "lr_schedule": dp_plan.lr_schedule,
             "private": True, "noise_multiplier": plan.dpsgd.noise_multiplier, "noise": noise.describe(), **trained,
             # Private, like examples_seen: each layer's method is re-chosen per micro-batch from its padded length,
             # so the last choice depends on which records the last batch drew (pipeline moves both to data_report).

@@ -74,6 +74,29 @@ def test_noise_is_added_once_per_step_with_std_sigma_c_over_expected_batch() -> 
     assert noise.numel() > 10_000 and abs(float(noise.std()) / expected - 1) < 0.03
 
 
+def test_linear_schedule_falls_from_the_peak_to_one_step_of_it() -> None:
+    plan = DPTrainingPlan(steps=4, sample_rate=1.0, expected_batch_size=5.0, noise_multiplier=0.0, clip_norm=1.0,
+                          learning_rate=0.8, weight_decay=0.0, physical_batch_size=2, lr_schedule="linear")
+    assert [plan.learning_rate_at(t) for t in range(1, 5)] == pytest.approx([0.8, 0.6, 0.4, 0.2])
+    constant = DPTrainingPlan(**{**plan.__dict__, "lr_schedule": "constant"})
+    assert {constant.learning_rate_at(t) for t in range(1, 5)} == {0.8}
+
+
+def test_each_update_uses_its_steps_learning_rate_also_after_a_resume() -> None:
+    """The LR is set from the step number before every update, so a run resumed at step 1 continues the schedule
+    (the optimizer's saved LR from the checkpoint does not win)."""
+    trainer = _trainer()
+    trainer.plan = DPTrainingPlan(**{**trainer.plan.__dict__, "steps": 3, "learning_rate": 0.3,
+                                     "lr_schedule": "linear"})
+    seen: list[float] = []
+    trainer.train(after_step=lambda _: seen.append(trainer.optimizer.param_groups[0]["lr"]))
+    assert seen == pytest.approx([0.3, 0.2, 0.1])
+    seen.clear()
+    trainer.optimizer.param_groups[0]["lr"] = 0.3  # as a checkpoint saved at the first step would restore it
+    trainer.train(start_step=1, after_step=lambda _: seen.append(trainer.optimizer.param_groups[0]["lr"]))
+    assert seen == pytest.approx([0.2, 0.1])
+
+
 class _TimeMajorLM(torch.nn.Module):
     """A toy LM whose middle layer sees (token, example)-ordered rows: by shape it looks like OPT's batch-major
     folding, so only the pre-flight's comparison with a direct computation can tell it apart."""

@@ -121,6 +121,7 @@ class AuditConfig(BaseModel):
     physical_batch_size: int = run_setting("physical_batch_size")
     checkpoint_every: int = run_setting("checkpoint_every")
     learning_rate: float | None = run_setting("learning_rate")
+    lr_schedule: Literal["constant", "linear"] | None = run_setting("lr_schedule")
     max_tokens: int = run_setting("max_tokens")
     num_samples: int | None = run_setting("num_samples", "The audit writes this many per ε run.")
     max_new_tokens: int | None = run_setting("max_new_tokens")
