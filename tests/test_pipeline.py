@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -93,6 +94,29 @@ def test_non_private_run_says_so(reviews: Path, tiny_model: Path, tmp_path: Path
     assert run_record["label_distribution"]["source"] == "exact-histogram"  # not called DP when σ = 0
     assert math.isinf(result.epsilon)
     assert len(pd.read_csv(out / "synthetic.csv")) > 0
+
+
+def test_a_budget_whose_noise_drowns_the_signal_is_flagged_but_run(reviews: Path, tiny_model: Path,
+                                                                   tmp_path: Path) -> None:
+    """ε = 0.3 at 80 records is reachable (σ ≈ 3 at batch 16: 0.19 clip norms of noise per update), so it runs, but
+    the user is told up front that it will learn little; ε = 4 at batch 16 (σ ≈ 0.68: 0.04) is not flagged."""
+    from dpsynth.stages import BudgetPlanOut
+
+    values = tmp_path / "values.json"
+    values.write_text(json.dumps({"sentiment": ["fresh", "rotten"]}))
+    common = ["--data", str(reviews), "--label-columns", "sentiment", "--label-values", str(values), "--model",
+              str(tiny_model), "--epochs", "1", "--batch-size", "16", "--max-tokens", "32", "--num-samples", "2",
+              "--max-new-tokens", "4"]
+    code, output = _cli("run", *common, "--epsilon", "0.3", "--out", str(tmp_path / "weak"))
+    assert code == 0, output
+    assert "warning:" in output and "0.19 clip norms" in output and "More records" in output
+    def plan(sigma: float | None) -> BudgetPlanOut:
+        dp = None if sigma is None else SimpleNamespace(dpsgd=SimpleNamespace(noise_multiplier=sigma))
+        return BudgetPlanOut(dp, None, 5, 0.2, 16, None)
+
+    assert plan(0.68).weak_signal_warning() is None  # ε = 4 here: 0.04 clip norms
+    assert plan(1.59).weak_signal_warning() is None and plan(1.61).weak_signal_warning() is not None  # 0.1 is the line
+    assert plan(None).weak_signal_warning() is None  # no DP: no noise to flag
 
 
 def _cli(*args: str) -> tuple[int, str]:

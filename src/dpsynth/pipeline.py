@@ -69,6 +69,7 @@ def run(config: RunConfig | None = None, *, console: Any = None, **settings: Any
     checked like command-line flags, so a bad value is one DpsynthError sentence rather than a pydantic report).
     Raises DpsynthError for any bad input, before writing."""
     from rich.console import Console
+    from rich.markup import escape
 
     if config is None:
         config = config_from_sources(None, settings)
@@ -108,6 +109,9 @@ def run(config: RunConfig | None = None, *, console: Any = None, **settings: Any
     prepared = load_and_encode(config, device=device, console=console)
     timings["load_and_encode_s"] = time.perf_counter() - t
     budget = plan_privacy(config, prepared)  # refuses an unreachable (ε, δ) before anything is written
+    warning = budget.weak_signal_warning()
+    if warning is not None and not config.resume:  # said once, when the run is planned
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
     prepare_model(config, prepared, device=device)  # refuses a model the engine cannot clip, also before
     # Before training: a label setting that cannot work (e.g. no combination clears the DP threshold) must stop
     # the run before hours of training, not after. The same on every rank.

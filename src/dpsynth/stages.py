@@ -59,6 +59,25 @@ class BudgetPlanOut:
     delta: float | None
     notes: list[str] = field(default_factory=list)
 
+    def weak_signal_warning(self) -> str | None:
+        """A warning when the noise will drown what training could learn (None if not).
+
+        Why: a tiny ε (or few records) is reachable, so it is not refused, but it buys hours of training that
+        learn close to nothing. The measure is the noise std of the averaged update in clip norms, σ / (q·N): the
+        smallest-data benchmark that still learnt the labels (N = 800, ε = 4, docs/training.md) had 0.01; above
+        10× that the run is flagged.
+        """
+        if self.plan is None:
+            return None
+        sigma = self.plan.dpsgd.noise_multiplier
+        per_update = sigma / max(self.expected_batch_size, 1e-12)
+        if per_update <= 0.1:
+            return None
+        return (f"the noise multiplier is σ = {sigma:.3g} at an expected batch of {self.expected_batch_size:.0f}, so "
+                f"each update's noise is {per_update:.2g} clip norms — over 10× the 0.01 of the smallest setting "
+                "dpsynth's benchmarks learnt from (N = 800, ε = 4): expect the synthetic text to carry little of "
+                "the data. More records, a larger --batch-size or a larger --epsilon lower it.")
+
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"steps": self.steps, "sample_rate": self.sample_rate,
                              "expected_batch_size": self.expected_batch_size, "notes": self.notes}

@@ -184,6 +184,8 @@ def test_declared_label_values_file(tmp_path):
     assert read_label_values(path, ["a", "b"]) == {"a": ["x", "y"], "b": ["1"]}
     with pytest.raises(DpsynthError, match="lack"):
         read_label_values(path, ["a", "c"])
+    with pytest.raises(DpsynthError, match=r"declares column\(s\) \['b'\] that are not label columns"):
+        read_label_values(path, ["a"])  # 'b' left out of --label-columns would silently not be conditioned on
     path.write_text("[1, 2]")
     with pytest.raises(DpsynthError, match="must map"):
         read_label_values(path, ["a"])

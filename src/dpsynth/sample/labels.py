@@ -286,7 +286,12 @@ def read_label_values(path: str | Path, label_columns: Sequence[str]) -> dict[st
     if not isinstance(data, dict) or not all(isinstance(v, list) and v for v in data.values()):
         raise DpsynthError(f"The label values file {path.name} must map each label column to a non-empty list of "
                            'values, e.g. {"sentiment": ["negative", "positive"]}.')
-    return _declared(data, cols)
+    declared = _declared(data, cols)
+    extra = [str(c) for c in data if c not in cols]
+    if extra:  # a column the user meant to condition on but left out of --label-columns would be silently ignored
+        raise DpsynthError(f"The label values file {path.name} declares column(s) {extra} that are not label columns "
+                           f"{cols}; add them to --label-columns or remove them from the file.")
+    return declared
 
 
 def _read_weight_rows(path: Path) -> list[dict[str, Any]]:
