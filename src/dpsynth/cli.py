@@ -48,14 +48,21 @@ class _Cli(click.Group):
         except DpsynthError as exc:
             _fail(str(exc))
         except _Interrupted as exc:
-            click.echo(f"interrupted; {exc}", err=True)
+            _advise_once(f"interrupted; {exc}")
             sys.exit(130)
         except KeyboardInterrupt:
-            click.echo(f"interrupted; {_how_to_continue(ctx.invoked_subcommand)}", err=True)
+            _advise_once(f"interrupted; {_how_to_continue(ctx.invoked_subcommand)}")
             sys.exit(130)
         finally:
             if previous is not _UNCHANGED:
                 signal.signal(signal.SIGTERM, previous)
+
+
+def _advise_once(message: str) -> None:
+    """Print how to continue once per job: under torchrun (RANK set) every rank is stopped together, and K copies
+    of the same advice would bury rank 0's."""
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(message, err=True)
 
 
 def _terminate_like_ctrl_c() -> Any:
@@ -106,7 +113,10 @@ def _run_interrupted(out: Path, *, private: bool = True) -> _Interrupted:
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="dpsynth")
-def main() -> None:
+@click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
+              help="CPU threads for torch (default: one per core). On a machine other jobs share, fewer threads "
+                   "than cores is often faster.")
+def main(threads: int | None) -> None:
     """dpsynth: a synthetic copy of a private labelled text dataset, with a differential-privacy guarantee.
 
     \b
@@ -117,6 +127,10 @@ def main() -> None:
     \b
     Start with `dpsynth demo`, then `dpsynth run --help`.
     """
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     # Library deprecation chatter (transformers/peft) is for developers, not for someone running a job.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)

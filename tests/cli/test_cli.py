@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from dpsynth.cli import main
@@ -13,6 +14,19 @@ from dpsynth.cli import main
 def _invoke(*args: str) -> tuple[int, str]:
     res = CliRunner().invoke(main, list(args))
     return res.exit_code, res.output
+
+
+def test_threads_sets_torchs_cpu_threads_for_the_command() -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        code, out = _invoke("--threads", "1", "run", "--help")  # the option acts before the command runs
+        assert code == 0 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    code, out = _invoke("--threads", "0", "run", "--help")
+    assert code == 2 and "--threads" in out
 
 
 def test_help_lists_commands_and_run_options_with_defaults() -> None:
@@ -93,8 +107,11 @@ def test_sample_summary_accounts_for_every_record() -> None:
                                                     Path("o.csv"))
 
 
-def test_sigterm_takes_the_ctrl_c_path(tmp_path: Path) -> None:
-    """`kill` or a scheduler's time limit used to end a run silently (exit 143); it now says how to continue."""
+@pytest.mark.parametrize("rank", [None, "1"])
+def test_sigterm_takes_the_ctrl_c_path(tmp_path: Path, rank: str | None) -> None:
+    """`kill` or a scheduler's time limit used to end a run silently (exit 143); it now says how to continue —
+    once: under torchrun only rank 0 prints the advice."""
+    import os
     import signal
     import subprocess
     import sys
@@ -110,10 +127,13 @@ def test_sigterm_takes_the_ctrl_c_path(tmp_path: Path) -> None:
         "from dpsynth.cli import main\n"
         f"main(['run', '--data', 'd.csv', '--out', {str(tmp_path / 'r')!r}])\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "RANK"} | ({"RANK": rank} if rank else {})
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
     deadline = time.time() + 60
     while not started.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "interrupted; no checkpoint was written yet" in err, err
+    assert proc.returncode == 130, err
+    assert ("interrupted; no checkpoint was written yet" in err) == (rank is None), err
