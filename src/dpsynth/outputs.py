@@ -90,17 +90,6 @@ def remove_checkpoint(out: Path) -> None:
     shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
 
 
-def file_sha256(path: Path) -> str:
-    """Content hash of the data file: a resume must train on the very same records (the path may change)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_resume_settings(out: Path, settings: dict[str, Any]) -> None:
     """Keep the run's settings with its checkpoint, so that `--resume --out DIR` alone continues it."""
     write_json_atomic(out / CHECKPOINT / RESUME_SETTINGS, settings)

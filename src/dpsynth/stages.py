@@ -92,13 +92,11 @@ def load_and_encode(config: RunConfig, *, device: torch.device, console: Any) ->
     """Read and check the table, load the model, build control codes + text and tokenise to --max-tokens."""
     from dpsynth.data.control_codes import ControlCodes
     from dpsynth.data.encode import encode_records
-    from dpsynth.data.reader import read_table
+    from dpsynth.data.reader import read_table_with_sha256
     from dpsynth.data.schema import DatasetSpec, validate_table
     from dpsynth.models.loading import context_length, load_model
 
-    df = read_table(config.data)
-    data_file = Path(config.data).expanduser()
-    data_sha256 = outputs.file_sha256(data_file) if config.private and data_file.is_file() else None
+    df, data_sha256 = read_table_with_sha256(config.data)
     if config.resume:
         stored = (outputs.read_resume_settings(config.out) or {}).get("data_sha256")
         if stored and data_sha256 and stored != data_sha256:

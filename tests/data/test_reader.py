@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dpsynth.data.reader import read_table
+from dpsynth.data.reader import read_table, read_table_with_sha256
 from dpsynth.errors import DpsynthError
 
 SECRET = "Alice Zorgblatt lives at 12 Quux Lane"  # a stand-in private text: must never appear in a message
@@ -75,6 +75,25 @@ def test_compressed_csv_and_jsonl(tmp_path, suffix, compress):
     lines = '{"text": "x", "label": "a"}\n'
     df = read_table(_write(tmp_path / f"d.jsonl{suffix}", compress(lines.encode())))
     assert df.to_dict("records") == [{"text": "x", "label": "a"}]
+
+
+@pytest.mark.parametrize("name", ["d.csv", "d.csv.gz", "d.parquet"])
+def test_the_digest_is_of_the_file_bytes_that_were_parsed(tmp_path, name):
+    """A resume compares this digest with the checkpoint's: it must be the file's bytes (compressed as stored),
+    and one byte changed must change it."""
+    import hashlib
+
+    path = tmp_path / name
+    frame = pd.DataFrame({"text": [SECRET, "short one"], "label": ["fresh", "rotten"]})
+    if name.endswith(".parquet"):
+        frame.to_parquet(path)
+    else:
+        _write(path, gzip.compress(CSV.encode()) if name.endswith(".gz") else CSV)
+    df, digest = read_table_with_sha256(path)
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest() and df.equals(read_table(path))
+    if name == "d.csv":
+        _write(path, CSV.replace("rotten", "rottem"))
+        assert read_table_with_sha256(path)[1] != digest
 
 
 def test_jsonl_scalars_become_strings_and_missing_keys_none(tmp_path):

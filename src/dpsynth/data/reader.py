@@ -17,6 +17,7 @@ import bz2
 import csv
 import difflib
 import gzip
+import hashlib
 import io
 import json
 import lzma
@@ -52,14 +53,22 @@ def read_table(path: str | Path) -> pd.DataFrame:
     Raises `DpsynthError` for a missing file, a directory, an unknown suffix, an empty or header-only file,
     bytes that are not UTF-8, malformed CSV/JSON (with the line number), or a file that is not Parquet.
     """
+    return read_table_with_sha256(path)[0]
+
+
+def read_table_with_sha256(path: str | Path) -> tuple[pd.DataFrame, str]:
+    """`read_table`, plus the SHA-256 of the file's bytes — of the very bytes parsed (one read), so the digest a
+    resume compares cannot describe another version of a file edited in between."""
     path = Path(path).expanduser()
     name = path.name
     _check_path(path)
     fmt, compression = _detect_format(path)
+    raw = _read_file(path)
+    digest = hashlib.sha256(raw).hexdigest()
     if fmt == "parquet":
-        df = _read_parquet(path)
+        df = _read_parquet(raw, name)
     else:
-        text = _decode(_read_bytes(path, compression), name)
+        text = _decode(_decompress(raw, path, compression), name)
         if not text.strip():
             raise DpsynthError(f"{name} is empty; give a file with a header and at least one record")
         if fmt in ("csv", "tsv"):
@@ -72,7 +81,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise DpsynthError(f"{name} has no data rows (only a header or no records); give at least one record")
     if len(df.columns) == 0:
         raise DpsynthError(f"{name} has no columns; give a file with a header and at least one record")
-    return df
+    return df, digest
 
 
 def _check_path(path: Path) -> None:
@@ -99,13 +108,16 @@ def _detect_format(path: Path) -> tuple[str, str | None]:
     return fmt, compression
 
 
-def _read_bytes(path: Path, compression: str | None) -> bytes:
+def _read_file(path: Path) -> bytes:
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except PermissionError:
         raise DpsynthError(f"{path} cannot be read (permission denied); check its permissions") from None
     except OSError as err:
         raise DpsynthError(f"{path} cannot be read ({err.strerror or type(err).__name__}); check the file") from None
+
+
+def _decompress(raw: bytes, path: Path, compression: str | None) -> bytes:
     if compression is None:
         return raw
     label, decompress, errors = COMPRESSIONS[compression]
@@ -238,39 +250,31 @@ def _records_frame(records: list[dict[str, Any]], columns: dict[str, int]) -> pd
     return _frame(names, rows)
 
 
-def _read_parquet(path: Path) -> pd.DataFrame:
+def _read_parquet(raw: bytes, file_name: str) -> pd.DataFrame:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(4)
-            size = fh.seek(0, io.SEEK_END)
-            fh.seek(max(0, size - 4))
-            tail = fh.read(4)
-    except OSError as err:
-        raise DpsynthError(f"{path} cannot be read ({err.strerror or type(err).__name__}); check the file") from None
-    if size == 0:
-        raise DpsynthError(f"{path.name} is empty; give a file with a header and at least one record")
-    if size < 12 or head != PARQUET_MAGIC or tail != PARQUET_MAGIC:
-        raise DpsynthError(f"{path.name} is not a Parquet file (no Parquet signature); check the file or give it "
+    if not raw:
+        raise DpsynthError(f"{file_name} is empty; give a file with a header and at least one record")
+    if len(raw) < 12 or raw[:4] != PARQUET_MAGIC or raw[-4:] != PARQUET_MAGIC:
+        raise DpsynthError(f"{file_name} is not a Parquet file (no Parquet signature); check the file or give it "
                            f"the suffix of its real format")
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(pa.BufferReader(raw))
     except Exception:  # noqa: BLE001 - any failure of the Parquet reader means the file is unreadable
-        raise DpsynthError(f"{path.name} looks like Parquet but could not be read (corrupt or truncated); "
+        raise DpsynthError(f"{file_name} looks like Parquet but could not be read (corrupt or truncated); "
                            f"re-export it") from None
     names = [str(n).strip() or f"Unnamed: {i}" for i, n in enumerate(table.column_names)]
     if len(set(names)) != len(names):
-        raise DpsynthError(f"{path.name} has two columns with the same name; give every column a distinct name")
+        raise DpsynthError(f"{file_name} has two columns with the same name; give every column a distinct name")
     columns: dict[str, list[str | None]] = {}
     for name, col in zip(names, table.columns):
         try:
             values = pc.cast(col, pa.string()).to_pylist() if not pa.types.is_string(col.type) else col.to_pylist()
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
-                raise DpsynthError(f"column {name!r} of {path.name} holds bytes that are not UTF-8 text; "
+                raise DpsynthError(f"column {name!r} of {file_name} holds bytes that are not UTF-8 text; "
                                    f"store it as a UTF-8 string column") from None
             values = [None if v is None else _json_value(v) if not isinstance(v, str) else v
                       for v in col.to_pylist()]

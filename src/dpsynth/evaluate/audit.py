@@ -587,7 +587,7 @@ def run_audit(cfg: AuditConfig, console: Any = None) -> AuditResult:
 
     from dpsynth import __version__, outputs
     from dpsynth.data.control_codes import ControlCodes
-    from dpsynth.data.reader import read_table
+    from dpsynth.data.reader import read_table_with_sha256
     from dpsynth.data.schema import DatasetSpec, validate_table
     from dpsynth.evaluate import audit_resume as rs
     from dpsynth.evaluate import canaries as cn
@@ -608,12 +608,12 @@ def run_audit(cfg: AuditConfig, console: Any = None) -> AuditResult:
     codes = ControlCodes(list(cfg.label_columns))
     spec = DatasetSpec(text_column=cfg.text_column, label_columns=list(cfg.label_columns),
                        user_column=cfg.user_column)
-    table = validate_table(read_table(cfg.data), spec, drop_empty=cfg.drop_empty).df
+    raw_table, data_sha = read_table_with_sha256(cfg.data)
+    table = validate_table(raw_table, spec, drop_empty=cfg.drop_empty).df
     num_candidates = cfg.num_candidates or (_CANDIDATES_GPU if device.type == "cuda" else _CANDIDATES_CPU)
     score_batch = cfg.score_batch_size or (512 if device.type == "cuda" else 64)
     settings = rs.audit_settings(_config_record(cfg), device_resolved=device.type,
                                  num_candidates_resolved=num_candidates)
-    data_sha = outputs.file_sha256(Path(cfg.data).expanduser())
     fp = rs.check_state(cfg.out, settings, data_sha) if cfg.resume else rs.fingerprint(settings, data_sha)
     ad = _prepare_data(cfg, table, warnings, notes)
     cans = ad.canaries
