@@ -297,7 +297,8 @@ Example:
 @click.option("--batch-size", "--sample-batch-size", "batch_size", type=click.IntRange(min=1), default=None,
               help="Prompts per batch (default: chosen by device).")
 @click.option("--drop-duplicates/--keep-duplicates", " /--no-drop-duplicates", default=False, show_default=True,
-              help="Remove exact duplicate records (free post-processing; counts reported).")
+              help="Remove exact duplicate records and redraw them with the same labels (free post-processing; "
+                   "counts reported).")
 @click.option("--overwrite/--no-overwrite", default=False, show_default=True,
               help="Replace --out instead of resuming it.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
@@ -330,6 +331,8 @@ def _sample_summary(report: dict[str, Any], out: Path) -> str:
                if report.get(k)]
     if dropped:
         line += f"; dropped {' and '.join(dropped)} (free post-processing)"
+        if report.get("replaced"):
+            line += f", {report['replaced']} of them redrawn with the same labels"
     if report.get("generated_this_run"):
         line += (f"; {report.get('records_per_s', 0):.1f} records/s, {report.get('tokens_per_s', 0):.0f} tokens/s")
     if written == 0:

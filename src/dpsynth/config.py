@@ -118,10 +118,11 @@ class RunConfig(BaseModel):
     max_new_tokens: int | None = Field(None, ge=1, description="Tokens per synthetic record; default --max-tokens.")
     min_new_tokens: int = Field(1, ge=0, description="Tokens before a record may end (1: never before its first "
                                                      "token, so empty records become rare; 0: plain sampling). "
-                                                     "Empty records are dropped either way.")
+                                                     "Empty records are dropped (and redrawn) either way.")
     sample_batch_size: int = Field(64, ge=1, description="Prompts per generation batch.")
-    drop_duplicates: bool = Field(False, description="Remove exact duplicate synthetic records (same text and labels; "
-                                                     "free post-processing).")
+    drop_duplicates: bool = Field(False, description="Remove exact duplicate synthetic records (same text and labels) "
+                                                     "and redraw them with the same labels, up to 5 extra rounds "
+                                                     "(free post-processing).")
 
     # --- execution
     seed: int = Field(0, description="Seed for initialisation and text sampling (and, with --no-secure-rng only, "

@@ -100,11 +100,48 @@ def test_postprocessing_counts(tmp_path, tokenizer, tiny_model, model_factory, d
     plain = DecodingConfig(max_new_tokens=10, min_new_tokens=0)
     rep = sample_synthetic(eos_model, tokenizer, dist, 12, tmp_path / "e.csv", label_columns=COLS, decoding=plain,
                            progress=False)
-    assert rep.rows_written == 0 and rep.dropped_empty == 12 and len(_read(tmp_path / "e.csv")) == 0
+    # One top-up round redraws the 12, keeps none of them, and the run stops: 24 generations, all dropped.
+    assert rep.rows_written == 0 and rep.dropped_empty == 24 and rep.replaced == 0
+    assert len(_read(tmp_path / "e.csv")) == 0
     greedy = DecodingConfig(top_k=1, max_new_tokens=6)  # identical prompts → identical texts → duplicates
     rep = sample_synthetic(tiny_model, tokenizer, dist, 24, tmp_path / "d.csv", label_columns=COLS, decoding=greedy,
                            progress=False, drop_duplicates=True, batch_size=5, chunk_size=10)
-    assert rep.rows_written == 6 and rep.dropped_duplicates == 18
+    assert rep.rows_written == 6 and rep.dropped_duplicates == 18 + 18 and rep.generated_this_run == 24 + 18
+
+
+def test_dropped_duplicates_are_redrawn_with_their_labels_and_a_killed_top_up_resumes(tmp_path, tokenizer,
+                                                                                      tiny_model, dist):
+    """Two new tokens from the top 3: 24 records over 6 label combinations repeat each other in round 0. Top-up
+    rounds redraw the dropped ones with the same labels until all 24 are distinct — so the label mix stays
+    exactly the declared one — and a run killed inside a top-up round resumes to the same file."""
+    import json
+
+    kw = dict(label_columns=COLS, decoding=DecodingConfig(top_k=3, max_new_tokens=2), seed=3, batch_size=4,
+              chunk_size=8, progress=False, drop_duplicates=True)
+    full = tmp_path / "full.csv"
+    rep = sample_synthetic(tiny_model, tokenizer, dist, 24, full, **kw)
+    df = _read(full)
+    assert rep.rows_written == 24 == len(df) == len(df.drop_duplicates())
+    assert rep.replaced == rep.dropped_duplicates > 0 and rep.generated_this_run == 24 + rep.dropped_duplicates
+    assert set(Counter(zip(df["category"], df["movie"])).values()) == {4}
+
+    out = tmp_path / "killed.csv"
+    progress = tmp_path / ".killed.csv.progress.json"
+
+    def kill_in_the_top_up(module, args, output):
+        if progress.exists() and json.loads(progress.read_text())["state"].get("round", 0) >= 1:
+            raise KeyboardInterrupt
+
+    handle = tiny_model.register_forward_hook(kill_in_the_top_up)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sample_synthetic(tiny_model, tokenizer, dist, 24, out, **kw)
+    finally:
+        handle.remove()
+    state = json.loads(progress.read_text())["state"]
+    assert state["round"] == 1 and state["members"] and len(_read(out)) < 24
+    resumed = sample_synthetic(tiny_model, tokenizer, dist, 24, out, **kw)
+    assert out.read_bytes() == full.read_bytes() and resumed.replaced == rep.replaced
 
 
 def test_default_decoding_never_ends_a_record_before_it_starts(tmp_path, tokenizer, model_factory, dist):

@@ -1,9 +1,9 @@
 """Sample a synthetic dataset: draw label combinations, prompt with their control codes, write text + labels.
 
 Resumable by construction: the label draws are a deterministic function of (distribution, N, seed), records are
-generated in fixed chunks whose seed depends only on (seed, chunk index), and every chunk is committed to the
-output with its progress record (`SyntheticWriter`). A killed run therefore continues at the first missing
-record, and with the same batch size produces exactly the file an uninterrupted run would have.
+generated in fixed chunks whose seed depends only on (seed, chunk index, top-up round), and every chunk is
+committed to the output with its progress record (`SyntheticWriter`). A killed run therefore continues at the
+first missing record, and with the same batch size produces exactly the file an uninterrupted run would have.
 
 Under torchrun (`dist_ctx` with several ranks) the same chunks are split across ranks and merged by rank 0 in
 chunk order; because chunks never depend on the world size, the merged file is the one a single process writes.
@@ -94,6 +94,7 @@ class SampleReport:
     backend: str
     label_source: str | None
     complete: bool = True
+    replaced: int = 0  # rows written in top-up rounds, in place of dropped ones (see _Committer)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -118,8 +119,10 @@ def build_prompt(labels: Mapping[str, Any], label_columns: Sequence[str]) -> str
     return PREFIX_SEPARATOR.join(f"{c}: {labels[c]}" for c in label_columns) + PREFIX_END
 
 
-def _chunk_seed(seed: int, chunk: int) -> int:
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, 0x5A3D, chunk]).generate_state(1)[0])
+def _chunk_seed(seed: int, chunk: int, round_: int = 0) -> int:
+    """The seed of one chunk; top-up rounds (see `_Committer`) get their own, so a redrawn row is a new sample."""
+    entropy = [int(seed) & 0xFFFFFFFFFFFFFFFF, 0x5A3D, chunk] + ([round_] if round_ else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def _fingerprint(num_samples: int, seed: int, label_columns: Sequence[str], text_column: str,
@@ -219,19 +222,33 @@ class _Generator:
     eos_token_id: int | Sequence[int] | None
     stats: GenerationStats
 
-    def __call__(self, chunk: int, ids: list[list[int]], progress: Callable[[int], Any] | None) -> list[str]:
+    def __call__(self, chunk: int, ids: list[list[int]], progress: Callable[[int], Any] | None,
+                 round_: int = 0) -> list[str]:
         d = self.decoding
         return generate_texts(self.model, self.tokenizer, ids,  # type: ignore[arg-type]
                               max_new_tokens=d.max_new_tokens, min_new_tokens=d.min_new_tokens,
                               temperature=d.temperature, top_k=d.top_k,
                               top_p=d.top_p, repetition_penalty=d.repetition_penalty, batch_size=self.batch_size,
-                              seed=_chunk_seed(self.seed, chunk), backend=self.backend, stats=self.stats,
+                              seed=_chunk_seed(self.seed, chunk, round_), backend=self.backend, stats=self.stats,
                               static_cache=self.static_cache, eos_token_id=self.eos_token_id, progress=progress)
+
+
+MAX_TOPUP_ROUNDS = 5
 
 
 @dataclass
 class _Committer:
-    """Appends chunks to the output in chunk order, post-processing them as one pass over the run would."""
+    """Appends chunks to the output in chunk order, post-processing them as one pass over the run would, and
+    replaces what post-processing drops.
+
+    Round 0 generates one record per label draw. A row dropped as empty or as a duplicate leaves its label draw
+    in `redo`; when a round ends, the next (top-up) round generates those draws again, with chunk seeds of its
+    own, until every draw has a row, a round keeps none of its rows (e.g. greedy decoding repeating itself), or
+    `MAX_TOPUP_ROUNDS` rounds were added. Redrawing a dropped row with the same labels keeps the label mix exact
+    and is still post-processing (rejection sampling from the model given a non-empty, new record): no privacy
+    cost. The round, its draws and the redo list live in the output's progress state, so a killed run resumes
+    mid-round like any other.
+    """
 
     writer: SyntheticWriter
     fingerprint: str
@@ -240,26 +257,71 @@ class _Committer:
     text_column: str
     drop_empty: bool
     drop_duplicates: bool
-    draws_done: int
+    state: dict[str, Any]
     counts: dict[str, int]
     seen: set[tuple[str, ...]] | None = None
 
     def __post_init__(self) -> None:
+        self.round = int(self.state.get("round", 0))
+        self.members: list[int] | None = list(self.state["members"]) if self.round else None  # None: all draws
+        self.draws_done = int(self.state.get("draws_done", 0))
+        self.redo: list[int] = [int(i) for i in self.state.get("redo", [])]
+        self.kept_this_round = int(self.state.get("kept_this_round", 0))
+        self.counts.setdefault("replaced", int(self.state.get("replaced", 0)))
         if self.drop_duplicates:  # duplicates of rows already in a resumed file count too
             self.seen = set()
             postprocess(self.writer.read_rows(), text_column=self.text_column, drop_empty=False,
                         drop_duplicates=True, seen=self.seen)
 
+    @property
+    def round_size(self) -> int:
+        return len(self.labels) if self.members is None else len(self.members)
+
+    def draw(self, k: int) -> int:
+        """The label draw behind the round's k-th record."""
+        return k if self.members is None else self.members[k]
+
     def commit(self, texts: Sequence[str], start: int, stop: int) -> None:
         skip = self.draws_done - start  # rows of this chunk already on disk (only if the chunk size changed)
-        rows = [{self.text_column: t, **{k: lab[k] for k in self.label_columns}}
-                for t, lab in zip(texts[skip:], self.labels[self.draws_done:stop])]
-        kept, pp = postprocess(rows, text_column=self.text_column, drop_empty=self.drop_empty,
-                               drop_duplicates=self.drop_duplicates, seen=self.seen)
-        self.counts["dropped_empty"] += pp["dropped_empty"]
-        self.counts["dropped_duplicates"] += pp["dropped_duplicates"]
+        kept: list[dict[str, Any]] = []
+        for k, text in zip(range(self.draws_done, stop), texts[skip:]):
+            lab = self.labels[self.draw(k)]
+            row, pp = postprocess([{self.text_column: text, **{c: lab[c] for c in self.label_columns}}],
+                                  text_column=self.text_column, drop_empty=self.drop_empty,
+                                  drop_duplicates=self.drop_duplicates, seen=self.seen)
+            self.counts["dropped_empty"] += pp["dropped_empty"]
+            self.counts["dropped_duplicates"] += pp["dropped_duplicates"]
+            if row:
+                kept += row
+            else:
+                self.redo.append(self.draw(k))
         self.draws_done = stop
-        self.writer.write(kept, state={"fingerprint": self.fingerprint, "draws_done": stop, **self.counts})
+        self.kept_this_round += len(kept)
+        if self.round:
+            self.counts["replaced"] += len(kept)
+        self._save(kept)
+
+    def next_round(self) -> bool:
+        """At the end of a round: start a top-up round for its dropped rows (True), or end the run (False)."""
+        useful = self.round == 0 or self.kept_this_round > 0
+        if not self.redo or not useful or self.round >= MAX_TOPUP_ROUNDS:
+            return False
+        self.round, self.members, self.redo = self.round + 1, self.redo, []
+        self.draws_done = self.kept_this_round = 0
+        self._save([])
+        return True
+
+    def _save(self, rows: list[dict[str, Any]]) -> None:
+        state: dict[str, Any] = {"fingerprint": self.fingerprint, "round": self.round, "draws_done": self.draws_done,
+                                 "redo": self.redo, "kept_this_round": self.kept_this_round, **self.counts}
+        if self.members is not None:
+            state["members"] = self.members
+        self.writer.write(rows, state=state)
+
+
+def _counts(state: Mapping[str, Any]) -> dict[str, int]:
+    """The post-processing counts so far, from an output's progress state."""
+    return {k: int(state.get(k, 0)) for k in ("dropped_empty", "dropped_duplicates", "replaced")}
 
 
 def _start_bar(progress: bool, total: int, completed: int) -> tuple[Any, Any]:
@@ -304,8 +366,9 @@ def sample_synthetic(
 
     Labels come from `label_distribution` (DP or declared public; see `dpsynth.sample.labels`), drawn in exact
     proportions; each record is the model's continuation of `build_prompt(labels)`. Empty texts (and, if asked,
-    exact duplicate rows) are dropped as free post-processing, so `rows_written` can be below `num_samples`; the
-    report counts what was dropped. `resume=True` continues an interrupted run of the same settings and refuses
+    exact duplicate rows) are dropped as free post-processing and redrawn with the same labels in top-up rounds
+    (`_Committer`), so `rows_written` is below `num_samples` only when those rounds stop short; the report counts
+    what was dropped and replaced. `resume=True` continues an interrupted run of the same settings and refuses
     one with different settings; `resume=False` overwrites. Prefixes are encoded as training encodes them
     (`encode_prompts`: no special tokens, BOS first if `add_bos`); `prompt_encoder` overrides that if needed.
     `backend`, `static_cache` and `eos_token_id` (default: the tokenizer's; pass the id training appended) go to
@@ -342,8 +405,7 @@ def sample_synthetic(
 
     writer = SyntheticWriter(out_path, columns, resume=resume)
     state = _resumable_state(writer, out_path, fingerprint)
-    counts = {"dropped_empty": int(state.get("dropped_empty", 0)),
-              "dropped_duplicates": int(state.get("dropped_duplicates", 0))}
+    counts = _counts(state)
     stats = GenerationStats()
     t0 = time.perf_counter()
 
@@ -364,16 +426,21 @@ def sample_synthetic(
     chunk = _chunk_rows(batch, chunk_size)
     generate = _Generator(model, tokenizer, decoding, batch, seed, backend, static_cache, eos_token_id, stats)
     committer = _Committer(writer, fingerprint, labels, label_columns, text_column, drop_empty, drop_duplicates,
-                           int(state.get("draws_done", 0)), counts)
+                           state, counts)
 
-    bar, task = _start_bar(progress, num_samples, committer.draws_done)
+    bar, task = _start_bar(progress, num_samples, writer.rows_written if committer.round else committer.draws_done)
     try:
-        while committer.draws_done < num_samples:
-            c = committer.draws_done // chunk
-            start, stop = c * chunk, min(num_samples, (c + 1) * chunk)
-            texts = generate(c, [encoded[p] for p in prompts[start:stop]],
-                             (lambda n: bar.advance(task, n)) if bar is not None else None)
-            committer.commit(texts, start, stop)
+        while True:
+            while committer.draws_done < committer.round_size:
+                c = committer.draws_done // chunk
+                start, stop = c * chunk, min(committer.round_size, (c + 1) * chunk)
+                texts = generate(c, [encoded[prompts[committer.draw(k)]] for k in range(start, stop)],
+                                 (lambda n: bar.advance(task, n)) if bar is not None else None, committer.round)
+                committer.commit(texts, start, stop)
+            if not committer.next_round():
+                break
+            if bar is not None:  # the top-up round's records come on top of the requested ones
+                bar.update(task, total=bar.tasks[0].total + committer.round_size)
         writer.finish()
     finally:
         writer.close()
@@ -427,10 +494,9 @@ def _sample_sharded(
     if not resume and not ctx.is_main:
         shutil.rmtree(parts, ignore_errors=True)  # this node's stale parts, where rank 0 cannot see them
     state = opened["state"]
-    counts = {"dropped_empty": int(state.get("dropped_empty", 0)),
-              "dropped_duplicates": int(state.get("dropped_duplicates", 0))}
-    totals = {"prompts": 0, "new_tokens": 0}
-    batch = reused = 0
+    counts = _counts(state)
+    totals = {"prompts": 0, "new_tokens": 0, "chunks": 0, "reused": 0}
+    batch = 0
     backend_used = ""
     notes: list[str] = [] if dist is None else list(dist.notes)
 
@@ -456,81 +522,31 @@ def _sample_sharded(
         # With batch_size="auto" each rank proposes what fits its device; all use the smallest.
         batch = min(all_gather(ctx, _resolve_batch_size(model, batch_size, num_samples, encoded, decoding)))
         chunk = _chunk_rows(batch, chunk_size)
-        bounds = [(s, min(num_samples, s + chunk)) for s in range(0, num_samples, chunk)]
-        draws_done = int(state.get("draws_done", 0))
-        todo = range(draws_done // chunk, len(bounds))
-
-        def part(c: int) -> list[str] | None:
-            return read_part(parts, c, fingerprint=fingerprint, start=bounds[c][0], stop=bounds[c][1])
-
-        owner: dict[int, int] = {}  # who sends each chunk to rank 0: the lowest rank that has it
-        for r, found in enumerate(all_gather(ctx, [c for c in todo if part(c) is not None])):
-            for c in found:
-                owner.setdefault(c, r)
-        reused = len(owner)
-        missing = [c for c in todo if c not in owner]
-        owner.update({c: i % ctx.world_size for i, c in enumerate(missing)})
-        mine = missing[ctx.rank::ctx.world_size]
-
-        stats = GenerationStats()
-        generate = _Generator(model, tokenizer, decoding, batch, seed, backend, static_cache, eos_token_id, stats)
-        texts_of: dict[int, list[str]] = {}
-        bar, task = _start_bar(progress and ctx.is_main, sum(bounds[c][1] - bounds[c][0] for c in mine), 0)
-        own_failure: Exception | None = None
-        try:
-            for c in mine:
-                start, stop = bounds[c]
-                texts_of[c] = generate(c, [encoded[p] for p in prompts[start:stop]],
-                                       (lambda n: bar.advance(task, n)) if bar is not None else None)
-                write_part(parts, c, fingerprint=fingerprint, start=start, stop=stop, texts=texts_of[c])
-        except Exception as e:  # reported to rank 0 below, so that no rank waits for one that gave up
-            own_failure = e
-        finally:
-            release_static_decoder()
-            if bar is not None:
-                bar.stop()
-
-        # Rank 0 may not see other nodes' files, so the texts it needs travel over the process group.
-        if not ctx.is_main and own_failure is None:
-            for c, r in owner.items():
-                if r == ctx.rank and c not in texts_of:
-                    texts_of[c] = part(c)  # type: ignore[assignment]
-        sent = {} if ctx.is_main or own_failure is not None else texts_of
-        gathered = gather_to_main(ctx, {"texts": sent, "prompts": stats.prompts, "new_tokens": stats.new_tokens,
-                                        "backend": stats.backend, "failed": own_failure is not None})
+        committer = _Committer(writer, fingerprint, labels, label_columns, text_column, drop_empty, drop_duplicates,
+                               state, counts) if ctx.is_main and writer is not None else None
+        round_state: dict[str, Any] | None = state
+        while round_state is not None:  # round 0, then any top-up rounds rank 0's committer starts
+            round_state = _sample_sharded_round(
+                ctx, round_state, committer, generate=_Generator(model, tokenizer, decoding, batch, seed, backend,
+                                                                 static_cache, eos_token_id, GenerationStats()),
+                prompts=prompts, encoded=encoded, num_samples=num_samples, chunk=chunk, parts=parts,
+                fingerprint=fingerprint, name=name, progress=progress, totals=totals)
+            backend_used = backend_used or str(totals.pop("backend", ""))
 
         merged: SampleReport | None = None
         if ctx.is_main:
-            assert writer is not None and gathered is not None
-            failed = [r for r, g in enumerate(gathered) if g["failed"]]
+            assert writer is not None
             try:
-                if failed:
-                    raise DpsynthError(f"Sampling failed on rank(s) {failed}; the chunks finished so far are kept "
-                                       "and the same command resumes from them.")
-                for g in gathered:
-                    texts_of.update(g["texts"])
-                    totals["prompts"] += g["prompts"]
-                    totals["new_tokens"] += g["new_tokens"]
-                    backend_used = backend_used or g["backend"]
-                committer = _Committer(writer, fingerprint, labels, label_columns, text_column, drop_empty,
-                                       drop_duplicates, draws_done, counts)
-                for c in todo:
-                    texts = texts_of.pop(c, None) or part(c)
-                    if texts is None:
-                        raise DpsynthError(f"The finished chunk {c} of {name} went missing before it was merged; "
-                                           "run the same command again to regenerate it.")
-                    committer.commit(texts, *bounds[c])
                 writer.finish()
                 shutil.rmtree(parts, ignore_errors=True)
-                if ctx.enabled or reused:
-                    notes.append(f"sampled in {len(bounds)} chunks of up to {chunk} rows across {ctx.world_size} "
-                                 f"process(es); {reused} finished chunk(s) reused from an interrupted run")
+                if ctx.enabled or totals["reused"]:
+                    notes.append(f"sampled in {totals['chunks']} chunks of up to {chunk} rows across "
+                                 f"{ctx.world_size} process(es); {totals['reused']} finished chunk(s) reused from "
+                                 "an interrupted run")
                 merged = report()
             except Exception as e:
                 failure = e
         merged = share_from_main(ctx, merged)
-        if own_failure is not None:
-            raise own_failure
         if failure is not None:
             raise failure
         if merged is None:
@@ -542,3 +558,93 @@ def _sample_sharded(
     finally:
         if writer is not None:
             writer.close()
+
+
+def _sample_sharded_round(
+    ctx: DistContext, round_state: Mapping[str, Any], committer: _Committer | None, *, generate: _Generator,
+    prompts: list[str], encoded: Mapping[str, list[int]], num_samples: int, chunk: int, parts: Path,
+    fingerprint: str, name: str, progress: bool, totals: dict[str, Any],
+) -> dict[str, Any] | None:
+    """One round of `_sample_sharded` (steps 2-4) on every rank; returns the next round's state (the same on all
+    ranks), or None when the output is complete. `committer` is rank 0's (None elsewhere)."""
+    round_ = int(round_state.get("round", 0))
+    members = [int(m) for m in round_state["members"]] if round_ else None
+    size = num_samples if members is None else len(members)
+    part_fingerprint = fingerprint if round_ == 0 else f"{fingerprint}-round{round_}"
+    bounds = [(s, min(size, s + chunk)) for s in range(0, size, chunk)]
+    todo = range(int(round_state.get("draws_done", 0)) // chunk, len(bounds))
+
+    def part(c: int) -> list[str] | None:
+        return read_part(parts, c, fingerprint=part_fingerprint, start=bounds[c][0], stop=bounds[c][1])
+
+    def ids(c: int) -> list[list[int]]:
+        return [encoded[prompts[k if members is None else members[k]]] for k in range(*bounds[c])]
+
+    owner: dict[int, int] = {}  # who sends each chunk to rank 0: the lowest rank that has it
+    for r, found in enumerate(all_gather(ctx, [c for c in todo if part(c) is not None])):
+        for c in found:
+            owner.setdefault(c, r)
+    totals["reused"] += len(owner)
+    totals["chunks"] += len(bounds)
+    missing = [c for c in todo if c not in owner]
+    owner.update({c: i % ctx.world_size for i, c in enumerate(missing)})
+    mine = missing[ctx.rank::ctx.world_size]
+
+    texts_of: dict[int, list[str]] = {}
+    bar, task = _start_bar(progress and ctx.is_main, sum(bounds[c][1] - bounds[c][0] for c in mine), 0)
+    own_failure: Exception | None = None
+    try:
+        for c in mine:
+            texts_of[c] = generate(c, ids(c), (lambda n: bar.advance(task, n)) if bar is not None else None, round_)
+            write_part(parts, c, fingerprint=part_fingerprint, start=bounds[c][0], stop=bounds[c][1],
+                       texts=texts_of[c])
+    except Exception as e:  # reported to rank 0 below, so that no rank waits for one that gave up
+        own_failure = e
+    finally:
+        release_static_decoder()
+        if bar is not None:
+            bar.stop()
+
+    # Rank 0 may not see other nodes' files, so the texts it needs travel over the process group.
+    if not ctx.is_main and own_failure is None:
+        for c, r in owner.items():
+            if r == ctx.rank and c not in texts_of:
+                texts_of[c] = part(c)  # type: ignore[assignment]
+    stats = generate.stats
+    sent = {} if ctx.is_main or own_failure is not None else texts_of
+    gathered = gather_to_main(ctx, {"texts": sent, "prompts": stats.prompts, "new_tokens": stats.new_tokens,
+                                    "backend": stats.backend, "failed": own_failure is not None})
+
+    outcome: dict[str, Any] = {"status": "failed"}
+    failure: Exception | None = None
+    if ctx.is_main:
+        assert committer is not None and gathered is not None
+        failed = [r for r, g in enumerate(gathered) if g["failed"]]
+        try:
+            if failed:
+                raise DpsynthError(f"Sampling failed on rank(s) {failed}; the chunks finished so far are kept "
+                                   "and the same command resumes from them.")
+            for g in gathered:
+                texts_of.update(g["texts"])
+                totals["prompts"] += g["prompts"]
+                totals["new_tokens"] += g["new_tokens"]
+                totals["backend"] = totals.get("backend") or g["backend"]
+            for c in todo:
+                texts = texts_of.pop(c, None) or part(c)
+                if texts is None:
+                    raise DpsynthError(f"The finished chunk {c} of {name} went missing before it was merged; "
+                                       "run the same command again to regenerate it.")
+                committer.commit(texts, *bounds[c])
+            more = committer.next_round()
+            outcome = {"status": "next", "state": dict(committer.writer.state or {})} if more else {"status": "done"}
+        except Exception as e:
+            failure = e
+    outcome = share_from_main(ctx, outcome)
+    if own_failure is not None:
+        raise own_failure
+    if failure is not None:
+        raise failure
+    if outcome["status"] == "failed":
+        raise DpsynthError(f"Sampling into {name} stopped on another rank; see rank 0's error message. The "
+                           "chunks finished so far are kept and the same command resumes from them.")
+    return outcome.get("state")
