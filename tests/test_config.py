@@ -183,6 +183,10 @@ def test_resume_precedence_and_refusals(tmp_path: Path) -> None:
     with pytest.raises(DpsynthError, match="--lora-rank cannot change"):
         resumed(lora_rank=4)
     assert resumed(epsilon="8", top_p=0.5, data=str(tmp_path / "moved.csv")).top_p == 0.5
+    # The default given explicitly is no change (the run started without the flag); another value is.
+    assert resumed(epsilon="8", epochs=4, lr_schedule="constant").epochs == 4
+    with pytest.raises(DpsynthError, match="--lr-schedule cannot change"):
+        resumed(epsilon="8", lr_schedule="linear")
     # A RunConfig built in Python meets the same rule (it skips config_from_sources).
     with pytest.raises(DpsynthError, match="--epsilon cannot change"):
         refuse_changed_resume_settings(RunConfig(data=tmp_path / "d.csv", out=run_dir, resume=True))

@@ -330,9 +330,14 @@ def _sample_summary(report: dict[str, Any], out: Path) -> str:
                                                     ("dropped_duplicates", "duplicate"))
                if report.get(k)]
     if dropped:
-        line += f"; dropped {' and '.join(dropped)} (free post-processing)"
-        if report.get("replaced"):
-            line += f", {report['replaced']} of them redrawn with the same labels"
+        line += f"; dropped {' and '.join(dropped)} generations (free post-processing)"
+        rounds = report.get("topup_rounds", 0)
+        if rounds:
+            line += f" and redrew them with the same labels in {rounds} top-up round{'s' if rounds > 1 else ''}"
+        short = requested - written
+        if 0 < short < requested:
+            line += (f"; {short} label draw{'s' if short > 1 else ''} still without a record (a top-up round kept "
+                     "nothing new, or the 5 rounds were used up): sample more with a new --seed if you need them")
     if report.get("generated_this_run"):
         line += (f"; {report.get('records_per_s', 0):.1f} records/s, {report.get('tokens_per_s', 0):.0f} tokens/s")
     if written == 0:

@@ -298,12 +298,21 @@ def refuse_changed_resume_settings(config: RunConfig) -> None:
     if before is None:
         return
     now = config.model_dump(mode="json")
+    then = RunConfig(**before)
     for key, value in before.items():
         if key in RESUME_MAY_CHANGE or _same_setting(value, now[key]):
+            continue
+        resolve = _DEFAULT_RESOLVERS.get(key)
+        if resolve is not None and resolve(then) == resolve(config):  # the default, left out once and given once
             continue
         flag = "--" + key.replace("_", "-")
         raise DpsynthError(f"--resume continues the run as it started, so {flag} cannot change (it was "
                            f"{value!r}, now {now[key]!r}); drop {flag}, or start a new run with --overwrite")
+
+
+# Settings whose default follows from other settings alone: giving that default explicitly on --resume is no change.
+_DEFAULT_RESOLVERS: dict[str, Any] = {"epochs": RunConfig.resolved_epochs,
+                                      "lr_schedule": RunConfig.resolved_lr_schedule}
 
 
 def normalised_run_settings(settings: dict[str, Any]) -> dict[str, Any] | None:

@@ -297,8 +297,10 @@ def train_stage(config: RunConfig, prepared: PreparedData, budget: BudgetPlanOut
             result = train_nonprivate(model, num_examples=len(records), collate=collate_ids,
                                       epochs=config.resolved_epochs(), batch_size=int(budget.expected_batch_size),
                                       physical_batch_size=config.physical_batch_size, optimizer=optimizer,
-                                      device=device, precision=precision, seed=config.seed, after_step=bar.update)
-        return {"steps": result.steps_done, "seconds": result.seconds, "learning_rate": lr, "private": False,
+                                      device=device, precision=precision, seed=config.seed,
+                                      lr_schedule=config.resolved_lr_schedule(), after_step=bar.update)
+        return {"steps": result.steps_done, "seconds": result.seconds, "learning_rate": lr,
+                "lr_schedule": config.resolved_lr_schedule(), "private": False,
                 **trained}
 
     plan = budget.plan

@@ -64,6 +64,15 @@ def _kill_after(model: torch.nn.Module, calls: int):
     return model.register_forward_hook(hook)
 
 
+def _kill_in_top_up(model: torch.nn.Module, progress: Path):
+    """Raise at the first forward pass once the output's progress record says a top-up round has begun."""
+    def hook(module, args, output):
+        if progress.exists() and json.loads(progress.read_text())["state"].get("round", 0) >= 1:
+            raise SimulatedKill
+
+    return model.register_forward_hook(hook)
+
+
 def _attempt(fn) -> dict:
     try:
         return {"report": fn().to_dict()}
@@ -84,6 +93,14 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
     res["plain"] = _attempt(lambda: sample_synthetic(model, tok, labels, N, base / "two.csv", dist_ctx=ctx, **KW))
     res["dedup"] = _attempt(lambda: sample_synthetic(model, tok, labels, N, base / "two_dedup.jsonl", dist_ctx=ctx,
                                                      **DEDUP_KW))
+    # Both ranks killed as the first top-up round begins, then resumed: the round is not lost or redrawn anew.
+    handle = _kill_in_top_up(model, base / ".dedup_killed.jsonl.progress.json")
+    res["dedup_killed"] = _attempt(lambda: sample_synthetic(model, tok, labels, N, base / "dedup_killed.jsonl",
+                                                            dist_ctx=ctx, **DEDUP_KW))
+    handle.remove()
+    dist.barrier()
+    res["dedup_resumed"] = _attempt(lambda: sample_synthetic(model, tok, labels, N, base / "dedup_killed.jsonl",
+                                                             dist_ctx=ctx, **DEDUP_KW))
     # Both ranks killed part-way (each has finished one chunk), then resumed with the same world size.
     handle = _kill_after(model, 30)
     res["killed"] = _attempt(lambda: sample_synthetic(model, tok, labels, N, base / "killed.csv", dist_ctx=ctx,
@@ -105,6 +122,8 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
     # No shared filesystem: each rank sees only its own "node's" folder; a part only rank 1 can see is sent over.
     node = base / ("nodeA" if rank == 0 else "nodeB")
     res["unshared"] = _attempt(lambda: sample_synthetic(model, tok, labels, N, node / "x.csv", dist_ctx=ctx, **KW))
+    res["damaged"] = _attempt(lambda: sample_synthetic(model, tok, labels, N, base / "damaged.jsonl", dist_ctx=ctx,
+                                                       **DEDUP_KW))
     # A file from other settings: refused on rank 0, and rank 1 must hear of it instead of hanging.
     res["refused"] = _attempt(lambda: sample_synthetic(model, tok, labels, N, base / "other.csv", dist_ctx=ctx,
                                                        **KW))
@@ -138,6 +157,14 @@ def runs(tmp_path_factory, tokenizer, tiny_model) -> Path:
         parts.mkdir()
         (parts / "chunk-000004.json").write_text('{"fingerprint": "torn')  # a damaged part must be regenerated
         sample_synthetic(model, tok, labels, 8, root / "other.csv", **KW)
+        # A de-duplicating file one process began, then damaged inside its committed rows: rank 0 cannot read them
+        # back to know which rows exist, and rank 1 must hear of it instead of waiting.
+        handle = _kill_after(model, 10)
+        with pytest.raises(SimulatedKill):
+            sample_synthetic(model, tok, labels, N, root / "damaged.jsonl", **DEDUP_KW)
+        handle.remove()
+        damaged = root / "damaged.jsonl"
+        damaged.write_bytes(b"x" + damaged.read_bytes()[1:])
         fingerprint = _fingerprint(N, KW["seed"], COLS, "text", KW["decoding"], labels)
         write_part(parts_dir(root / "nodeB" / "x.csv"), 3, fingerprint=fingerprint, start=24, stop=32,
                    texts=["planted"] * 8)
@@ -168,6 +195,15 @@ def test_post_processing_runs_in_chunk_order_across_ranks(runs: Path) -> None:
     assert report["dropped_duplicates"] > 0 and report["replaced"] > 0
     assert report["rows_written"] + report["dropped_duplicates"] + report["dropped_empty"] == \
         report["generated_this_run"] > N  # every generation kept or dropped; top-ups on top of the N
+
+
+def test_ranks_killed_in_a_top_up_round_resume_it(runs: Path) -> None:
+    r0, r1 = _results(runs)
+    assert r0["dedup_killed"]["error"] == "SimulatedKill" and "error" in r1["dedup_killed"]
+    resumed, whole = r0["dedup_resumed"]["report"], r0["dedup"]["report"]
+    assert (runs / "dedup_killed.jsonl").read_bytes() == (runs / "one_dedup.jsonl").read_bytes()
+    assert (resumed["replaced"], resumed["topup_rounds"]) == (whole["replaced"], whole["topup_rounds"])
+    assert 0 < resumed["generated_this_run"] < whole["generated_this_run"]  # round 0 was not drawn again
 
 
 def test_killed_ranks_resume_without_regenerating_finished_chunks(runs: Path) -> None:
@@ -219,6 +255,12 @@ def test_parts_travel_to_rank_zero_without_a_shared_filesystem(runs: Path) -> No
     assert rows[:25] == one[:25] and rows[33:] == one[33:]  # header + chunks 0-2, chunk 4 as one process
     assert all(r.startswith("planted,") for r in rows[25:33])
     assert not (runs / "nodeB" / "x.csv").exists() and not parts_dir(runs / "nodeB" / "x.csv").exists()
+
+
+def test_a_failure_reading_back_the_file_on_rank_zero_reaches_every_rank(runs: Path) -> None:
+    r0, r1 = _results(runs)
+    assert r0["damaged"]["error"] == "DpsynthError" and "cannot be read back" in r0["damaged"]["message"]
+    assert r1["damaged"]["error"] == "DpsynthError" and "stopped on rank 0" in r1["damaged"]["message"]
 
 
 def test_refusal_on_rank_zero_reaches_every_rank(runs: Path) -> None:

@@ -10,7 +10,13 @@ import torch
 from dpsynth.data.encode import collate
 from dpsynth.errors import DpsynthError
 from dpsynth.privacy.noise import NoiseSource
-from dpsynth.train.dp_trainer import DPTrainer, DPTrainingPlan, check_clippable, make_optimizer
+from dpsynth.train.dp_trainer import (
+    DPTrainer,
+    DPTrainingPlan,
+    check_clippable,
+    make_optimizer,
+    train_nonprivate,
+)
 from tests.privacy.test_engine import make_batch, tiny_llama
 
 
@@ -95,6 +101,19 @@ def test_each_update_uses_its_steps_learning_rate_also_after_a_resume() -> None:
     trainer.optimizer.param_groups[0]["lr"] = 0.3  # as a checkpoint saved at the first step would restore it
     trainer.train(start_step=1, after_step=lambda _: seen.append(trainer.optimizer.param_groups[0]["lr"]))
     assert seen == pytest.approx([0.2, 0.1])
+
+
+def test_training_without_dp_follows_the_schedule_too() -> None:
+    """--lr-schedule must not be silently ignored at ε = ∞ (the comparison run)."""
+    model = tiny_llama()
+    batch = make_batch()
+    rows = [batch["input_ids"][i, : int(batch["attention_mask"][i].sum())] for i in range(5)]
+    optimizer = make_optimizer(model, 0.4, 0.0)
+    seen: list[float] = []
+    train_nonprivate(model, num_examples=5, collate=lambda c: collate([rows[i] for i in c], 0), epochs=4.0,
+                     batch_size=5, physical_batch_size=5, optimizer=optimizer, device=torch.device("cpu"),
+                     lr_schedule="linear", after_step=lambda _: seen.append(optimizer.param_groups[0]["lr"]))
+    assert seen == pytest.approx([0.4, 0.3, 0.2, 0.1])
 
 
 class _TimeMajorLM(torch.nn.Module):

@@ -11,6 +11,7 @@ chunk order; because chunks never depend on the world size, the merged file is t
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import math
@@ -95,6 +96,7 @@ class SampleReport:
     label_source: str | None
     complete: bool = True
     replaced: int = 0  # rows written in top-up rounds, in place of dropped ones (see _Committer)
+    topup_rounds: int = 0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -267,11 +269,20 @@ class _Committer:
         self.draws_done = int(self.state.get("draws_done", 0))
         self.redo: list[int] = [int(i) for i in self.state.get("redo", [])]
         self.kept_this_round = int(self.state.get("kept_this_round", 0))
-        self.counts.setdefault("replaced", int(self.state.get("replaced", 0)))
+        self.notes: list[str] = []
+        if self.state and "round" not in self.state and \
+                self.counts["dropped_empty"] + self.counts["dropped_duplicates"]:
+            self.notes.append("rows dropped before this dpsynth version resumed the file are not redrawn (their "
+                              "label draws were not recorded)")
         if self.drop_duplicates:  # duplicates of rows already in a resumed file count too
             self.seen = set()
-            postprocess(self.writer.read_rows(), text_column=self.text_column, drop_empty=False,
-                        drop_duplicates=True, seen=self.seen)
+            try:
+                rows = self.writer.read_rows()
+            except (ValueError, csv.Error) as e:  # JSONDecodeError is a ValueError
+                raise DpsynthError(f"{self.writer.path.name} cannot be read back to resume it ({type(e).__name__}: "
+                                   "its rows were changed after they were written); pass --overwrite to sample it "
+                                   "again, or choose another output path.") from None
+            postprocess(rows, text_column=self.text_column, drop_empty=False, drop_duplicates=True, seen=self.seen)
 
     @property
     def round_size(self) -> int:
@@ -308,6 +319,7 @@ class _Committer:
             return False
         self.round, self.members, self.redo = self.round + 1, self.redo, []
         self.draws_done = self.kept_this_round = 0
+        self.counts["topup_rounds"] = self.round
         self._save([])
         return True
 
@@ -321,7 +333,7 @@ class _Committer:
 
 def _counts(state: Mapping[str, Any]) -> dict[str, int]:
     """The post-processing counts so far, from an output's progress state."""
-    return {k: int(state.get(k, 0)) for k in ("dropped_empty", "dropped_duplicates", "replaced")}
+    return {k: int(state.get(k, 0)) for k in ("dropped_empty", "dropped_duplicates", "replaced", "topup_rounds")}
 
 
 def _start_bar(progress: bool, total: int, completed: int) -> tuple[Any, Any]:
@@ -415,7 +427,9 @@ def sample_synthetic(
             resumed_rows=writer.resumed_rows, generated_this_run=stats.prompts, seconds=time.perf_counter() - t0,
             new_tokens=stats.new_tokens, batch_size=stats.batch_size, backend=stats.backend,
             label_source=None if dist is None else dist.source, complete=complete,
-            notes=[] if dist is None else list(dist.notes), **counts)
+            notes=([] if dist is None else list(dist.notes)) + (committer.notes if committer else []), **counts)
+
+    committer: _Committer | None = None
 
     if writer.complete:
         return report(True)
@@ -428,18 +442,22 @@ def sample_synthetic(
     committer = _Committer(writer, fingerprint, labels, label_columns, text_column, drop_empty, drop_duplicates,
                            state, counts)
 
-    bar, task = _start_bar(progress, num_samples, writer.rows_written if committer.round else committer.draws_done)
+    # In units of records to generate: the requested ones, then each top-up round's on top.
+    bar, task = _start_bar(progress, num_samples, num_samples - (committer.round_size - committer.draws_done))
     try:
         while True:
             while committer.draws_done < committer.round_size:
                 c = committer.draws_done // chunk
                 start, stop = c * chunk, min(committer.round_size, (c + 1) * chunk)
                 texts = generate(c, [encoded[prompts[committer.draw(k)]] for k in range(start, stop)],
-                                 (lambda n: bar.advance(task, n)) if bar is not None else None, committer.round)
+                                 (lambda n, b=bar, t=task: b.advance(t, n)) if bar is not None else None,
+                                 committer.round)
                 committer.commit(texts, start, stop)
             if not committer.next_round():
                 break
-            if bar is not None:  # the top-up round's records come on top of the requested ones
+            if bar is None:  # resumed at the end of a round: no bar was needed until now
+                bar, task = _start_bar(progress, committer.round_size, 0)
+            else:
                 bar.update(task, total=bar.tasks[0].total + committer.round_size)
         writer.finish()
     finally:
@@ -519,11 +537,23 @@ def _sample_sharded(
         check_same_on_all_ranks(ctx, fingerprint, "sampling settings (sample count, seed, decoding, labels)")
         labels, prompts, encoded = _plan_prompts(dist, num_samples, seed, label_columns, tokenizer, prompt_encoder,
                                                  add_bos)
+        committer: _Committer | None = None
+        if ctx.is_main and writer is not None:
+            try:  # it reads the resumed rows, which may fail: every rank must hear of it in the gather below
+                committer = _Committer(writer, fingerprint, labels, label_columns, text_column, drop_empty,
+                                       drop_duplicates, state, counts)
+                notes += committer.notes
+            except Exception as e:
+                failure = e
         # With batch_size="auto" each rank proposes what fits its device; all use the smallest.
-        batch = min(all_gather(ctx, _resolve_batch_size(model, batch_size, num_samples, encoded, decoding)))
+        proposals = all_gather(ctx, (_resolve_batch_size(model, batch_size, num_samples, encoded, decoding),
+                                     failure is None))
+        if failure is not None:
+            raise failure
+        if not all(ok for _, ok in proposals):
+            raise DpsynthError(f"Sampling into {name} stopped on rank 0; see its error message.")
+        batch = min(b for b, _ in proposals)
         chunk = _chunk_rows(batch, chunk_size)
-        committer = _Committer(writer, fingerprint, labels, label_columns, text_column, drop_empty, drop_duplicates,
-                               state, counts) if ctx.is_main and writer is not None else None
         round_state: dict[str, Any] | None = state
         while round_state is not None:  # round 0, then any top-up rounds rank 0's committer starts
             round_state = _sample_sharded_round(
@@ -570,7 +600,10 @@ def _sample_sharded_round(
     round_ = int(round_state.get("round", 0))
     members = [int(m) for m in round_state["members"]] if round_ else None
     size = num_samples if members is None else len(members)
-    part_fingerprint = fingerprint if round_ == 0 else f"{fingerprint}-round{round_}"
+    # A top-up round's parts are valid only for its very draws (`members`): parts left by another run whose round 0
+    # dropped other rows must not pass, or their texts would be written under other labels.
+    part_fingerprint = fingerprint if members is None else hashlib.sha256(
+        json.dumps([fingerprint, round_, members]).encode()).hexdigest()[:16]
     bounds = [(s, min(size, s + chunk)) for s in range(0, size, chunk)]
     todo = range(int(round_state.get("draws_done", 0)) // chunk, len(bounds))
 

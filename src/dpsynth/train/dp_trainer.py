@@ -41,15 +41,19 @@ class DPTrainingPlan:
     lr_schedule: str = "constant"
 
     def learning_rate_at(self, step: int) -> float:
-        """The LR of logical step `step` (1-based), a function of the step alone so that a resumed run continues
-        the same schedule. Linear: from the peak down to peak/steps at the last step. Why decay under DP: with
-        Adam, a step dominated by noise still moves each weight by about the LR, so late steps at the peak LR
-        random-walk away from what the early ones learnt; a shrinking LR averages that noise out."""
-        if self.lr_schedule == "constant":
-            return self.learning_rate
-        if self.lr_schedule == "linear":
-            return self.learning_rate * (self.steps - min(max(step, 1), self.steps) + 1) / self.steps
-        raise ValueError(f"unknown learning-rate schedule {self.lr_schedule!r}")
+        return scheduled_learning_rate(self.learning_rate, step, self.steps, self.lr_schedule)
+
+
+def scheduled_learning_rate(peak: float, step: int, steps: int, schedule: str) -> float:
+    """The LR of step `step` (1-based) of `steps`, a function of the step alone so that a resumed run continues
+    the same schedule. Linear: from the peak down to peak/steps at the last step. Why decay under DP: with Adam,
+    a step dominated by noise still moves each weight by about the LR, so late steps at the peak LR random-walk
+    away from what the early ones learnt; a shrinking LR averages that noise out."""
+    if schedule == "constant":
+        return peak
+    if schedule == "linear":
+        return peak * (steps - min(max(step, 1), steps) + 1) / steps
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}")
 
 
 @dataclass
@@ -221,11 +225,14 @@ def train_nonprivate(
     device: torch.device,
     precision: str = "fp32",
     seed: int = 0,
+    lr_schedule: str = "constant",
     after_step: Callable[[StepReport], None] | None = None,
 ) -> TrainResult:
-    """Ordinary fine-tuning (ε = ∞), for comparison: shuffled fixed-size batches, mean loss, no clipping/noise."""
+    """Ordinary fine-tuning (ε = ∞), for comparison: shuffled fixed-size batches, mean loss, no clipping/noise;
+    the optimizer's LR is the peak of `lr_schedule`."""
     gen = torch.Generator().manual_seed(seed)
     total = nonprivate_steps(num_examples, epochs, batch_size)
+    peaks = [group["lr"] for group in optimizer.param_groups]
     order: list[int] = []
     t0 = time.perf_counter()
     seen = 0
@@ -244,6 +251,8 @@ def train_nonprivate(
                 losses = per_example_lm_loss(logits, batch["labels"])
             (losses.sum() / len(ids)).backward()
             loss_sum += float(losses.detach().sum())
+        for group, peak in zip(optimizer.param_groups, peaks):
+            group["lr"] = scheduled_learning_rate(peak, step, total, lr_schedule)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         seen += len(ids)
