@@ -58,10 +58,15 @@ class _Cli(click.Group):
                 signal.signal(signal.SIGTERM, previous)
 
 
+def _is_rank_zero() -> bool:
+    """True in a plain process and on torchrun's rank 0 (RANK is set by torchrun), where summaries are printed."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _advise_once(message: str) -> None:
-    """Print how to continue once per job: under torchrun (RANK set) every rank is stopped together, and K copies
-    of the same advice would bury rank 0's."""
-    if os.environ.get("RANK", "0") == "0":
+    """Print how to continue once per job: under torchrun every rank is stopped together, and K copies of the same
+    advice would bury rank 0's."""
+    if _is_rank_zero():
         click.echo(message, err=True)
 
 
@@ -214,7 +219,7 @@ def run_cmd(config_file: Path | None, **flags: Any) -> None:
         result = run(config)
     except KeyboardInterrupt:
         raise _run_interrupted(config.out, private=config.private) from None
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary (rank 0 wrote the outputs)
+    if _is_rank_zero():  # under torchrun, one summary (rank 0 wrote the outputs)
         print_run_summary(result)
 
 
@@ -315,7 +320,7 @@ def sample_cmd(run_dir: Path, num: int, out: Path, **kwargs: Any) -> None:
     if num < 1:
         raise DpsynthError("--num (--num-samples) must be at least 1")
     report = sample_from_run(run_dir, num, out, **kwargs)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun, one summary (every rank returns the same report)
+    if not _is_rank_zero():  # under torchrun, one summary (every rank returns the same report)
         return
     Console().print(_sample_summary(report, out))
 

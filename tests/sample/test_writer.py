@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dpsynth.errors import DpsynthError
-from dpsynth.sample.writer import SyntheticWriter, postprocess
+from dpsynth.sample.writer import SyntheticWriter, drop_reasons, postprocess
 
 COLUMNS = ["id", "text", "label"]
 
@@ -136,6 +136,8 @@ def test_postprocess_counts():
     assert kept == [{"text": "b", "l": "y"}]  # the seen set carries over between chunks
     kept, counts = postprocess(rows, drop_empty=False)
     assert len(kept) == 5
+    # Which rows go, and why: the sampler redraws the labels of exactly these rows.
+    assert drop_reasons(rows, drop_duplicates=True) == [None, "empty", "duplicate", None, "empty"]
 
 
 def test_csv_round_trips_carriage_returns(tmp_path):

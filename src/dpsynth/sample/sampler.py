@@ -43,7 +43,7 @@ from dpsynth.sample.sharded import (
     share_from_main,
     write_part,
 )
-from dpsynth.sample.writer import SyntheticWriter, postprocess
+from dpsynth.sample.writer import SyntheticWriter, drop_reasons
 from dpsynth.train.distributed import DistContext
 
 PREFIX_SEPARATOR = " | "
@@ -282,7 +282,7 @@ class _Committer:
                 raise DpsynthError(f"{self.writer.path.name} cannot be read back to resume it ({type(e).__name__}: "
                                    "its rows were changed after they were written); pass --overwrite to sample it "
                                    "again, or choose another output path.") from None
-            postprocess(rows, text_column=self.text_column, drop_empty=False, drop_duplicates=True, seen=self.seen)
+            drop_reasons(rows, text_column=self.text_column, drop_empty=False, drop_duplicates=True, seen=self.seen)
 
     @property
     def round_size(self) -> int:
@@ -294,18 +294,15 @@ class _Committer:
 
     def commit(self, texts: Sequence[str], start: int, stop: int) -> None:
         skip = self.draws_done - start  # rows of this chunk already on disk (only if the chunk size changed)
-        kept: list[dict[str, Any]] = []
-        for k, text in zip(range(self.draws_done, stop), texts[skip:]):
-            lab = self.labels[self.draw(k)]
-            row, pp = postprocess([{self.text_column: text, **{c: lab[c] for c in self.label_columns}}],
-                                  text_column=self.text_column, drop_empty=self.drop_empty,
-                                  drop_duplicates=self.drop_duplicates, seen=self.seen)
-            self.counts["dropped_empty"] += pp["dropped_empty"]
-            self.counts["dropped_duplicates"] += pp["dropped_duplicates"]
-            if row:
-                kept += row
-            else:
-                self.redo.append(self.draw(k))
+        draws = [self.draw(k) for k in range(self.draws_done, stop)]
+        rows = [{self.text_column: t, **{c: self.labels[d][c] for c in self.label_columns}}
+                for t, d in zip(texts[skip:], draws)]
+        reasons = drop_reasons(rows, text_column=self.text_column, drop_empty=self.drop_empty,
+                               drop_duplicates=self.drop_duplicates, seen=self.seen)
+        kept = [row for row, why in zip(rows, reasons) if why is None]
+        self.redo += [d for d, why in zip(draws, reasons) if why is not None]
+        self.counts["dropped_empty"] += reasons.count("empty")
+        self.counts["dropped_duplicates"] += reasons.count("duplicate")
         self.draws_done = stop
         self.kept_this_round += len(kept)
         if self.round:
@@ -513,9 +510,8 @@ def _sample_sharded(
         shutil.rmtree(parts, ignore_errors=True)  # this node's stale parts, where rank 0 cannot see them
     state = opened["state"]
     counts = _counts(state)
-    totals = {"prompts": 0, "new_tokens": 0, "chunks": 0, "reused": 0}
+    totals: dict[str, Any] = {"prompts": 0, "new_tokens": 0, "chunks": 0, "reused": 0, "backend": ""}
     batch = 0
-    backend_used = ""
     notes: list[str] = [] if dist is None else list(dist.notes)
 
     def report() -> SampleReport | None:
@@ -525,7 +521,7 @@ def _sample_sharded(
             out_path=str(out_path), requested=num_samples, rows_written=writer.rows_written,
             resumed_rows=writer.resumed_rows, generated_this_run=totals["prompts"],
             seconds=time.perf_counter() - t0, new_tokens=totals["new_tokens"], batch_size=batch,
-            backend=backend_used, label_source=None if dist is None else dist.source, complete=True,
+            backend=totals["backend"], label_source=None if dist is None else dist.source, complete=True,
             notes=notes, **counts)
 
     try:
@@ -561,7 +557,6 @@ def _sample_sharded(
                                                                  static_cache, eos_token_id, GenerationStats()),
                 prompts=prompts, encoded=encoded, num_samples=num_samples, chunk=chunk, parts=parts,
                 fingerprint=fingerprint, name=name, progress=progress, totals=totals)
-            backend_used = backend_used or str(totals.pop("backend", ""))
 
         merged: SampleReport | None = None
         if ctx.is_main:
@@ -661,7 +656,7 @@ def _sample_sharded_round(
                 texts_of.update(g["texts"])
                 totals["prompts"] += g["prompts"]
                 totals["new_tokens"] += g["new_tokens"]
-                totals["backend"] = totals.get("backend") or g["backend"]
+                totals["backend"] = totals["backend"] or g["backend"]
             for c in todo:
                 texts = texts_of.pop(c, None) or part(c)
                 if texts is None:

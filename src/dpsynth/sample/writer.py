@@ -240,19 +240,35 @@ def postprocess(
     Post-processing of DP outputs costs no privacy. Duplicates are whole rows (text and labels) compared as
     strings; pass the same `seen` set across chunks to de-duplicate a whole run (it is updated in place).
     """
+    reasons = drop_reasons(rows, text_column=text_column, drop_empty=drop_empty, drop_duplicates=drop_duplicates,
+                           seen=seen)
+    kept = [dict(r) for r, why in zip(rows, reasons) if why is None]
+    return kept, {"input": len(rows), "dropped_empty": reasons.count("empty"),
+                  "dropped_duplicates": reasons.count("duplicate"), "kept": len(kept)}
+
+
+def drop_reasons(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    text_column: str = "text",
+    drop_empty: bool = True,
+    drop_duplicates: bool = False,
+    seen: set[tuple[str, ...]] | None = None,
+) -> list[str | None]:
+    """Why `postprocess` drops each row ("empty", "duplicate") or None where it keeps it — for callers that must
+    know which rows went (the sampler redraws their labels). `seen` is updated in place as in `postprocess`."""
     seen = set() if seen is None else seen
-    kept: list[dict[str, Any]] = []
-    empty = dups = 0
+    reasons: list[str | None] = []
     for r in rows:
         text = r.get(text_column)
         if drop_empty and (text is None or not str(text).strip()):
-            empty += 1
+            reasons.append("empty")
             continue
         if drop_duplicates:
             key = tuple(f"{k}\x00{'' if v is None else v}" for k, v in sorted(r.items()))
             if key in seen:
-                dups += 1
+                reasons.append("duplicate")
                 continue
             seen.add(key)
-        kept.append(dict(r))
-    return kept, {"input": len(rows), "dropped_empty": empty, "dropped_duplicates": dups, "kept": len(kept)}
+        reasons.append(None)
+    return reasons
