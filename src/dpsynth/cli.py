@@ -29,7 +29,8 @@ Examples:
   dpsynth run --resume --out runs/r1    # continue an interrupted run with the options stored in its checkpoint
 \b
 Outputs in --out: synthetic.csv, privacy.json (the privacy ledger), run.json, model/, label_distribution.json
-(all covered by the guarantee) and data_report.json (exact counts from your data: keep it private).
+(all covered by the guarantee except run.json's wall-clock times) and data_report.json (exact counts from your
+data: keep it private).
 """
 
 
@@ -99,7 +100,7 @@ def _how_to_continue(name: str | None) -> str:
     if name == "audit":
         return "rerun the same command with --resume to continue"
     if name == "demo":
-        return "rerun the same command with --overwrite"
+        return "rerun the same command"
     return "nothing was written that needs cleaning up; rerun the command"
 
 
@@ -266,9 +267,10 @@ Example:
 """)
 @_audit_options
 def audit_cmd(**flags: Any) -> None:
-    """Measure leakage: plant canaries (names, addresses, phones, emails, plates) 1/10/100 times, train with and
-    without DP, and report how each secret ranks among look-alikes (--num-candidates), its exposure, whether it appears
-    verbatim in the synthetic data, and a membership-inference AUC.
+    """Measure leakage: plant canaries (names, addresses, phones, emails, plates) up to 1/10/100 times (fewer on
+    small tables; see --repetitions), train with and without DP, and report how each secret ranks among look-alikes
+    (--num-candidates), its exposure, whether it appears verbatim in the synthetic data, and a membership-inference
+    AUC.
 
     --out receives a copy of your data with canaries (private: keep it where the data lives).
     """
@@ -289,7 +291,8 @@ Example:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output file: .csv, .jsonl or .parquet.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed (same seed → same records).")
 @click.option("--label-distribution", default=None,
-              help="Default: the run's DP label mix. 'uniform' or a public CSV/JSON of label weights instead.")
+              help="Default: the run's label mix (label_distribution.json). 'uniform' or a public CSV/JSON of "
+                   "label weights instead.")
 @click.option("--top-k", type=click.IntRange(min=0), default=None,
               help="Top-k, 0 to disable (default: the run's setting).")
 @click.option("--top-p", type=float, default=None, help="Nucleus mass (default: the run's setting).")

@@ -84,7 +84,8 @@ class RunConfig(BaseModel):
     label_budget_fraction: float = Field(
         0.05, gt=0, lt=1, description="Share of ε spent on the DP label histogram used for sampling.")
     label_distribution: str = Field(
-        "dp", description="'dp' (noisy histogram, paid from ε), 'uniform', or a public CSV/JSON of label weights.")
+        "dp", description="'dp' (noisy histogram, paid from ε), 'uniform' (needs --label-values), or a "
+                           "public CSV/JSON of label weights.")
     label_values: Path | None = Field(
         None, description="Public JSON file declaring every label column's values, e.g. {\"sentiment\": "
                           "[\"negative\", \"positive\"]}. Without it the values are read from the data and the DP "
@@ -100,7 +101,8 @@ class RunConfig(BaseModel):
     physical_batch_size: int = Field(8, ge=1, description="Examples per forward pass (memory, not privacy).")
     learning_rate: float | None = Field(None, gt=0, description="AdamW learning rate; default by --finetune (LoRA "
                                                                "with DP: 2e-3 up to batch 100, rising linearly "
-                                                               "to 1e-2 at batch 250 and above).")
+                                                               "to 1e-2 at batch 250 and above; full with DP "
+                                                               "1e-4; without DP 5e-4 LoRA, 5e-5 full).")
     lr_schedule: Literal["constant", "linear"] | None = Field(
         None, description="Learning rate over the run: constant, or linear decay from --learning-rate down to "
                           "1/steps of it at the last step; default constant.")

@@ -60,9 +60,10 @@ class DecodingConfig:
     """Sampling settings; the defaults are the reference recipe's (top-k 50, top-p 0.9, 128 new tokens).
 
     `min_new_tokens=1` bars end-of-sequence as the first token. Why: a record that ends at once is empty and would
-    be dropped, leaving fewer rows than asked for (2 in 300 with the demo's model). Barring EOS at the first step
-    and renormalising is exactly re-drawing that token until it is not EOS, i.e. the model's distribution given a
-    non-empty record — what dropping the empty ones keeps — at no cost in rows. 0 restores plain sampling.
+    be dropped and redrawn in a top-up round, extra generation for nothing (2 in 300 with the demo's model).
+    Barring EOS at the first step and renormalising is exactly re-drawing that token until it is not EOS, i.e. the
+    model's distribution given a non-empty record — what dropping the empty ones keeps — at no extra generation.
+    0 restores plain sampling.
     """
 
     top_k: int = 50
