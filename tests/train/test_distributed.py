@@ -3,6 +3,7 @@
 Fails if the clipped sums were not summed across ranks (each rank would hold half the gradient), if each rank
 added its own noise before the reduction (the noise std would grow by √2), or if ranks applied different noise
 (parameters would drift apart) — the ranks' noise sources are deliberately seeded differently.
+Also fails if an interrupted 2-rank run resumed on a rank that did not restore the checkpoint's state.
 """
 
 from __future__ import annotations
@@ -202,3 +203,84 @@ def test_dpsynth_run_under_two_ranks_trains_the_same_model_as_one(tmp_path: Path
     notes = json.loads((two / "run.json").read_text())["sampling"]["notes"]
     assert any("across 2 process" in n for n in notes)
     assert not list(two.glob(".*.parts"))
+
+
+def _interrupted_worker(rank: int, world: int, port: int, data: str, model: str, out: str) -> None:
+    """Both ranks stopped as step 4 begins (as Ctrl-C or a scheduler's SIGTERM stops a torchrun job): the last
+    checkpoint is step 2's, and steps 1–3 are in the ledger."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    from dpsynth.config import RunConfig
+    from dpsynth.pipeline import run
+    from dpsynth.train.dp_trainer import DPTrainer
+
+    original = DPTrainer.run_step
+
+    def stopping(self: DPTrainer, step: int):  # noqa: ANN202 - returns what run_step returns
+        if step == 4:
+            raise KeyboardInterrupt
+        return original(self, step)
+
+    DPTrainer.run_step = stopping  # type: ignore[method-assign]
+    try:
+        run(RunConfig(**{**_pipeline_config(data, model, out), "checkpoint_every": 2, "num_samples": 20}))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _resume_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    from dpsynth.pipeline import resume
+
+    resume(out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.timeout(300)
+def test_an_interrupted_two_rank_run_resumes_under_two_ranks_or_one(tmp_path: Path) -> None:
+    """`torchrun ... dpsynth run --resume`: every rank must restore the checkpoint's weights, optimizer, sampler and
+    noise state. Fails if a rank other than 0 started from the base weights or a fresh sampler (its shard of the
+    gradient would differ), or if the resumed run paid for the lost steps twice or skipped them — the weights of a
+    2-rank resume are compared with a 1-process resume of the same interrupted run."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from dpsynth.data.demo import load_demo_dataset
+    from dpsynth.models.tiny import save_tiny_model_folder
+    from dpsynth.pipeline import resume
+    from tests.train.test_resume import dpsgd_steps_in_ledger
+
+    torch.set_num_threads(1)
+    model = str(save_tiny_model_folder(tmp_path / "tiny", kind="llama"))
+    data = str(tmp_path / "reviews.csv")
+    load_demo_dataset(max_records=80, seed=0).to_csv(data, index=False)
+    stopped = tmp_path / "stopped"
+    mp.spawn(_interrupted_worker, args=(2, _free_port(), data, model, str(stopped)), nprocs=2, join=True)
+    assert dpsgd_steps_in_ledger(stopped) == 3 and (stopped / "checkpoint" / "state.pt").is_file()
+    assert not (stopped / "synthetic.csv").exists()
+
+    two, one = tmp_path / "two", tmp_path / "one"
+    shutil.copytree(stopped, two)
+    shutil.copytree(stopped, one)
+    mp.spawn(_resume_worker, args=(2, _free_port(), str(two)), nprocs=2, join=True)
+    resume(one)
+
+    planned = 5  # 1 epoch at q = 16 / 80
+    for out, world in ((two, 2), (one, 1)):
+        record = json.loads((out / "run.json").read_text())
+        assert record["world_size"] == world and record["training"]["resumed_from_step"] == 2
+        assert record["training"]["steps_this_session"] == planned - 3  # the lost step 3 was paid for, not redone
+        assert dpsgd_steps_in_ledger(out) == planned
+        assert (out / "synthetic.csv").is_file() and not (out / "checkpoint").exists()
+    w_two, w_one = (load_file(d / "model" / "model.safetensors") for d in (two, one))
+    base = load_file(Path(model) / "model.safetensors")
+    assert max(float((w_two[k] - base[k]).abs().max()) for k in base if k in w_two) > 1e-3
+    for k in w_one:
+        torch.testing.assert_close(w_two[k], w_one[k], rtol=1e-3, atol=1e-5, msg=f"{k} differs after the resumes")
