@@ -56,7 +56,8 @@ def test_bad_toml_is_a_user_error(tmp_path: Path) -> None:
 
 def test_default_batch_uses_only_n() -> None:
     cfg = RunConfig(data="a", out="o")
-    assert cfg.resolved_batch_size(100_000) == 256
+    assert cfg.resolved_batch_size(100_000) == 1000
+    assert cfg.resolved_batch_size(5000) == 625  # q = 1/8 up to N = 8,000
     assert cfg.resolved_batch_size(800) == 100
     assert RunConfig(data="a", out="o", epsilon="inf").resolved_batch_size(800) == 32
 
