@@ -94,10 +94,15 @@ def test_two_ranks_match_one_and_add_noise_once() -> None:
     assert abs(float(noise.mean())) < 5 * expected_std / noise.numel() ** 0.5
 
 
-def _pipeline_worker(rank: int, world: int, port: int, data: str, model: str, out: str) -> None:
+def _as_torchrun_rank(rank: int, world: int, port: int) -> None:
+    """Set the environment torchrun gives each process (the pipeline joins the group from it), one thread each."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world))
     torch.set_num_threads(1)
+
+
+def _pipeline_worker(rank: int, world: int, port: int, data: str, model: str, out: str) -> None:
+    _as_torchrun_rank(rank, world, port)
     from dpsynth.config import RunConfig
     from dpsynth.pipeline import run
 
@@ -113,9 +118,7 @@ def _pipeline_config(data: str, model: str, out: str) -> dict:
 
 
 def _secure_worker(rank: int, world: int, port: int, data: str, model: str, out: str, log_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
+    _as_torchrun_rank(rank, world, port)
     from dpsynth.config import RunConfig
     from dpsynth.pipeline import run
     from dpsynth.privacy.sampling import PoissonSampler
@@ -208,9 +211,7 @@ def test_dpsynth_run_under_two_ranks_trains_the_same_model_as_one(tmp_path: Path
 def _interrupted_worker(rank: int, world: int, port: int, data: str, model: str, out: str) -> None:
     """Both ranks stopped as step 4 begins (as Ctrl-C or a scheduler's SIGTERM stops a torchrun job): the last
     checkpoint is step 2's, and steps 1–3 are in the ledger."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
+    _as_torchrun_rank(rank, world, port)
     from dpsynth.config import RunConfig
     from dpsynth.pipeline import run
     from dpsynth.train.dp_trainer import DPTrainer
@@ -233,9 +234,7 @@ def _interrupted_worker(rank: int, world: int, port: int, data: str, model: str,
 
 
 def _resume_worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
+    _as_torchrun_rank(rank, world, port)
     from dpsynth.pipeline import resume
 
     resume(out)
