@@ -124,6 +124,9 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
     res["unshared"] = _attempt(lambda: sample_synthetic(model, tok, labels, N, node / "x.csv", dist_ctx=ctx, **KW))
     res["damaged"] = _attempt(lambda: sample_synthetic(model, tok, labels, N, base / "damaged.jsonl", dist_ctx=ctx,
                                                        **DEDUP_KW))
+    # Fewer chunks than ranks: rank 1 has nothing to make, which the report must say.
+    res["one_chunk"] = _attempt(lambda: sample_synthetic(model, tok, labels, 8, base / "one_chunk.csv",
+                                                         dist_ctx=ctx, **KW))
     # A file from other settings: refused on rank 0, and rank 1 must hear of it instead of hanging.
     res["refused"] = _attempt(lambda: sample_synthetic(model, tok, labels, N, base / "other.csv", dist_ctx=ctx,
                                                        **KW))
@@ -187,6 +190,14 @@ def test_two_ranks_write_the_single_process_file_byte_for_byte(runs: Path) -> No
     assert r0["generated_this_run"] == N and r0["rows_written"] == one.count(b"\r\n") - 1
     assert not parts_dir(runs / "two.csv").exists()
     assert not list(runs.glob(".two.csv.*.tmp"))
+
+
+def test_a_rank_without_a_chunk_is_reported(runs: Path) -> None:
+    r0, r1 = (r["one_chunk"]["report"] for r in _results(runs))
+    assert r0["rows_written"] == 8 and r1["notes"] == r0["notes"]
+    assert any(n.startswith("1 of 2 processes had no chunk to make") for n in r0["notes"]), r0["notes"]
+    plain = _results(runs)[0]["plain"]["report"]  # 5 chunks for 2 ranks: nobody idle, no such note
+    assert not any("no chunk to make" in n for n in plain["notes"])
 
 
 def test_post_processing_runs_in_chunk_order_across_ranks(runs: Path) -> None:

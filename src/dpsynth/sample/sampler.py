@@ -569,6 +569,11 @@ def _sample_sharded(
                     notes.append(f"sampled in {totals['chunks']} chunks of up to {chunk} rows across "
                                  f"{ctx.world_size} process(es); {totals['reused']} finished chunk(s) reused from "
                                  "an interrupted run")
+                if totals.get("idle_ranks"):
+                    notes.append(f"{totals['idle_ranks']} of {ctx.world_size} processes had no chunk to make: a "
+                                 f"chunk holds up to {chunk} rows whatever the number of processes (so that the "
+                                 "records do not depend on it); sample more records, or use fewer processes, to "
+                                 "keep every process busy")
                 merged = report()
             except Exception as e:
                 failure = e
@@ -618,6 +623,8 @@ def _sample_sharded_round(
     missing = [c for c in todo if c not in owner]
     owner.update({c: i % ctx.world_size for i, c in enumerate(missing)})
     mine = missing[ctx.rank::ctx.world_size]
+    if round_ == 0 and 0 < len(missing) < ctx.world_size:
+        totals["idle_ranks"] = ctx.world_size - len(missing)
 
     texts_of: dict[int, list[str]] = {}
     bar, task = _start_bar(progress and ctx.is_main, sum(bounds[c][1] - bounds[c][0] for c in mine), 0)
