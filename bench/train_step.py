@@ -75,7 +75,7 @@ from bench._common import (
 )
 from torch import nn
 
-MODELS = ("tiny", "smollm2-shape", "gpt2-small", "gpt2-medium")
+MODELS = ("tiny", "smollm2-shape", "smollm2-360m-shape", "smollm2-1.7b-shape", "gpt2-small", "gpt2-medium")
 MODES = ("full", "lora")
 METHODS = ("nonprivate", "nonprivate_frozen_emb", "dpsynth", "dpsynth_frozen_emb", "opacus_hooks", "opacus_ghost")
 FULL_ONLY = frozenset({"nonprivate_frozen_emb", "dpsynth_frozen_emb"})  # in lora mode embeddings are frozen anyway
@@ -138,6 +138,14 @@ def model_config(name: str) -> Any:
         return LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                            num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
                            rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True)
+    if name == "smollm2-360m-shape":  # SmolLM2-360M's shape (361.8M weights): memory per model size
+        return LlamaConfig(vocab_size=49152, hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
+                           num_attention_heads=15, num_key_value_heads=5, max_position_embeddings=2048,
+                           rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True)
+    if name == "smollm2-1.7b-shape":  # SmolLM2-1.7B's shape (1.71B weights)
+        return LlamaConfig(vocab_size=49152, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
+                           num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=2048,
+                           rope_theta=130000.0, rms_norm_eps=1e-5, tie_word_embeddings=True)
     if name == "gpt2-small":
         return GPT2Config()
     if name == "gpt2-medium":
