@@ -61,12 +61,19 @@ def now_iso() -> str:
 
 
 # ---------------------------------------------------------------- host memory (Linux /proc)
-def _status_kib(field: str) -> int | None:
+def _status_kib(field: str, pid: int | None = None) -> int | None:
+    status = _STATUS if pid is None else Path(f"/proc/{pid}/status")
     try:
-        m = re.search(rf"^{field}:\s+(\d+)\s+kB", _STATUS.read_text(), re.MULTILINE)
+        m = re.search(rf"^{field}:\s+(\d+)\s+kB", status.read_text(), re.MULTILINE)
     except OSError:
         return None
     return int(m.group(1)) if m else None
+
+
+def process_peak_rss_bytes(pid: int) -> int | None:
+    """VmHWM of another process (None once it has gone, or off Linux): the peak of a child the caller launched."""
+    kib = _status_kib("VmHWM", pid)
+    return None if kib is None else kib * 1024
 
 
 def rss_bytes() -> int | None:
