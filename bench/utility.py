@@ -1,11 +1,13 @@
 """Utility benchmark — the number dpsynth is judged on: does a classifier trained on synthetic text work on real text?
 
-The demo data (Rotten Tomatoes snippets, label `sentiment`) is split, stratified, into a private training part and
-a held-out real test part. The full pipeline (`dpsynth.run`) then makes synthetic data from the training part once
+A corpus (`--corpus`, bench/corpora.py: Rotten Tomatoes by default, airline tweets, 20 Newsgroups, Reuters R8) is
+subsampled and split, stratified by its label combination, into a private training part and a held-out real test
+part. The full pipeline (`dpsynth.run`) then makes synthetic data from the training part once
 per ε (default ∞ and 4), and the fast downstream classifier (TF-IDF + logistic regression) is trained on
 (a) the real training part, (b) synthetic at ε = ∞, (c) synthetic at ε = 4, and scored on the real test part.
 
-Goals: (c) ≥ 95 % of (b) and (b) ≥ 90 % of (a), in accuracy, for every label column.
+Goals: (c) ≥ 95 % of (b) and (b) ≥ 90 % of (a), in accuracy, for every label column. `bench/utility_grid.py`
+runs this over corpora, sizes, ε and seeds.
 
 Two diagnostics come for free (no extra training) and say *where* utility is lost:
 * `real_same_size`: the classifier on a real subsample as large as the synthetic set, so "fewer training rows"
@@ -38,16 +40,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 if __package__ in (None, ""):  # run as a script: make `bench` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import machine_info, now_iso, package_versions
+from bench.corpora import CORPORA, Corpus, load_corpus
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = BENCH_DIR / "out" / "utility.json"
 DEFAULT_RUNS = BENCH_DIR / "out" / "utility_runs"
 TEXT_COLUMN = "text"
-LABEL_COLUMNS = ("sentiment",)  # the demo data's label columns; everything below loops over them generically
 GOAL_EPS_VS_INF = 0.95
 GOAL_INF_VS_REAL = 0.90
 WEAK_LIFT = 0.5  # below this share of real's gain over the majority class, ratios between synthetic sets are noise
@@ -58,6 +62,7 @@ PRIVATE_REFERENCE_EPSILON = 4.0  # the ε of the headline ratio `ratio_eps4_vs_i
 class UtilityBenchConfig:
     """Every setting of one benchmark run; all of it is written to the JSON next to the results."""
 
+    corpus: str = "rotten_tomatoes"  # bench/corpora.py
     train_records: int = 2000
     test_records: int = 1000
     num_samples: int | None = None  # synthetic rows per ε; None: as many as train records
@@ -69,7 +74,7 @@ class UtilityBenchConfig:
     loss_on_prefix: bool | None = None  # None: the pipeline's default
     model: str | None = None  # None: bundled SmolLM2-135M-Instruct
     device: str = "auto"
-    max_tokens: int = 64
+    max_tokens: int | None = None  # None: the corpus's (64 for short texts, 128 for long ones)
     max_new_tokens: int | None = None  # None: = max_tokens
     batch_size: int | None = None  # None: the pipeline's defaults (N/8 ≤ 256 with DP, 32 without)
     learning_rate: float | None = None  # None: the pipeline's defaults per finetune mode and privacy
@@ -111,24 +116,36 @@ def parse_epsilons(text: str) -> tuple[float, ...]:
 
 
 # ---------------------------------------------------------------- data
-def prepare_data(cfg: UtilityBenchConfig, folder: Path) -> tuple[Any, Any, dict[str, Any]]:
-    """Demo records → stratified (private train, real test) CSVs in `folder`; returns both frames and a summary."""
-    from dpsynth.data.demo import DEMO_DATASET_INFO, load_demo_dataset
-    from dpsynth.data.split import split_train_test
+def prepare_data(cfg: UtilityBenchConfig, corpus: Corpus, folder: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """A stratified subset of the corpus → (private train, real test) CSVs in `folder`; both frames and a summary.
 
+    Stratified by the joint label combination, so both parts keep the corpus's label mix."""
+    from dpsynth.data.split import largest_remainder, split_train_test
+
+    cols = list(corpus.label_columns)
     total = cfg.train_records + cfg.test_records
-    df = load_demo_dataset(max_records=total, seed=cfg.data_seed)
+    df = corpus.frame
     if len(df) < total:
-        raise SystemExit(f"the demo data has only {len(df)} records; ask for fewer train + test records")
+        raise SystemExit(f"{corpus.name} has only {len(df)} records; ask for fewer train + test records")
+    key = df[cols].agg(" | ".join, axis=1).to_numpy()
+    rng = np.random.default_rng(cfg.data_seed)
+    values = sorted(set(key))
+    groups = [np.flatnonzero(key == v) for v in values]
+    quotas = largest_remainder([len(g) for g in groups], total)
+    chosen = np.concatenate([rng.choice(g, size=q, replace=False) for g, q in zip(groups, quotas)])
+    df = df.iloc[rng.permutation(chosen)].reset_index(drop=True)
+    df["_stratum"] = df[cols].agg(" | ".join, axis=1)
     train, test = split_train_test(df, test_fraction=cfg.test_records / total, seed=cfg.data_seed,
-                                   stratify=LABEL_COLUMNS[0])
+                                   stratify="_stratum")
+    train, test = train.drop(columns="_stratum"), test.drop(columns="_stratum")
     folder.mkdir(parents=True, exist_ok=True)
     train.to_csv(folder / "train.csv", index=False)
     test.to_csv(folder / "test.csv", index=False)
-    info = {"source": DEMO_DATASET_INFO["name"], "text_column": TEXT_COLUMN, "label_columns": list(LABEL_COLUMNS),
+    info = {"source": corpus.source, "corpus": corpus.name, "text_column": TEXT_COLUMN, "label_columns": cols,
             "train_records": len(train), "test_records": len(test),
-            "train_label_counts": {c: _counts(train[c]) for c in LABEL_COLUMNS},
-            "test_label_counts": {c: _counts(test[c]) for c in LABEL_COLUMNS},
+            "mean_words": round(float(train[TEXT_COLUMN].str.split().str.len().mean()), 1),
+            "train_label_counts": {c: _counts(train[c]) for c in cols},
+            "test_label_counts": {c: _counts(test[c]) for c in cols},
             "overlap_train_test": len(set(train[TEXT_COLUMN]) & set(test[TEXT_COLUMN]))}
     return train, test, info
 
@@ -143,24 +160,24 @@ def _given(cfg: UtilityBenchConfig, *names: str) -> dict[str, Any]:
     return {n: getattr(cfg, n) for n in names if getattr(cfg, n) is not None}
 
 
-def run_pipeline(cfg: UtilityBenchConfig, eps: float, train_csv: Path, model: str | None, console: Any
-                 ) -> dict[str, Any]:
+def run_pipeline(cfg: UtilityBenchConfig, corpus: Corpus, eps: float, train_csv: Path, model: str | None,
+                 console: Any) -> dict[str, Any]:
     """`dpsynth.run` on the private train part at one ε; returns the run's settings, privacy and timings."""
     import dpsynth
-    from dpsynth.data.demo import LABELS
 
     run_dir = cfg.runs_dir / f"eps_{epsilon_tag(eps)}"
-    # The demo data's label values are public: declared, as a user would, so every label is sampled however small
+    # The corpus's label values are public: declared, as a user would, so every label is sampled however small
     # the run (values read from the data would pass through the DP histogram's threshold).
     label_values = cfg.runs_dir / "label_values.json"
     label_values.parent.mkdir(parents=True, exist_ok=True)
-    label_values.write_text(json.dumps({LABEL_COLUMNS[0]: list(LABELS)}))
+    label_values.write_text(json.dumps(corpus.label_values()))
     config = dpsynth.RunConfig(
-        data=train_csv, text_column=TEXT_COLUMN, label_columns=list(LABEL_COLUMNS), out=run_dir, overwrite=True,
+        data=train_csv, text_column=TEXT_COLUMN, label_columns=list(corpus.label_columns), out=run_dir,
+        overwrite=True,
         model=model, finetune=cfg.finetune, epsilon=eps, **_given(cfg, "lora_rank", "lora_targets", "loss_on_prefix"),
         epochs=cfg.epochs, batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate, lr_schedule=cfg.lr_schedule, physical_batch_size=cfg.physical_batch_size,
-        max_tokens=cfg.max_tokens,
+        max_tokens=_max_tokens(cfg, corpus),
         max_new_tokens=cfg.max_new_tokens, num_samples=cfg.num_samples or cfg.train_records,
         sample_batch_size=cfg.sample_batch_size, seed=cfg.seed, device=cfg.device, label_values=label_values,
         secure_rng=False)  # seeded noise and batches: a benchmark must be repeatable (its models are not published)
@@ -185,6 +202,10 @@ def run_pipeline(cfg: UtilityBenchConfig, eps: float, train_csv: Path, model: st
     }
 
 
+def _max_tokens(cfg: UtilityBenchConfig, corpus: Corpus) -> int:
+    return cfg.max_tokens or corpus.max_tokens
+
+
 def _timings(timings: dict[str, float], wall: float) -> dict[str, float]:
     """The pipeline's stage times plus `other_s`: privacy calibration, saving the model, the ledger."""
     staged = sum(v for k, v in timings.items() if k != "total_s")
@@ -199,7 +220,8 @@ def _sampling_summary(sampling: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- scoring
-def score_sets(cfg: UtilityBenchConfig, train: Any, test: Any, synthetic: dict[str, Path]) -> dict[str, Any]:
+def score_sets(cfg: UtilityBenchConfig, label_columns: Sequence[str], train: Any, test: Any,
+               synthetic: dict[str, Path]) -> dict[str, Any]:
     """Every classifier score: real train, real train at synthetic size, and each synthetic set; per label column."""
     from dpsynth.evaluate.tables import load_text_table, to_text_table
     from dpsynth.evaluate.utility import classifier_score
@@ -208,35 +230,36 @@ def score_sets(cfg: UtilityBenchConfig, train: Any, test: Any, synthetic: dict[s
         return classifier_score(cfg.classifier, train_tab.texts, train_tab.labels[col], test_tab.texts,
                                 test_tab.labels[col], seed=cfg.seed).to_dict()
 
-    real_train = to_text_table(train, "train", TEXT_COLUMN, LABEL_COLUMNS)
-    real_test = to_text_table(test, "real", TEXT_COLUMN, LABEL_COLUMNS)
-    out: dict[str, Any] = {"real": {"labels": {c: score(real_train, real_test, c) for c in LABEL_COLUMNS}}}
+    cols = list(label_columns)
+    real_train = to_text_table(train, "train", TEXT_COLUMN, cols)
+    real_test = to_text_table(test, "real", TEXT_COLUMN, cols)
+    out: dict[str, Any] = {"real": {"labels": {c: score(real_train, real_test, c) for c in cols}}}
     for name, path in synthetic.items():
         entry: dict[str, Any] = {"labels": {}}
         try:
-            syn = load_text_table(path, "synthetic", TEXT_COLUMN, LABEL_COLUMNS)
+            syn = load_text_table(path, "synthetic", TEXT_COLUMN, cols)
         except Exception as exc:  # e.g. every synthetic text empty: recorded, the other sets still count
             out[name] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
-        for col in LABEL_COLUMNS:
+        for col in cols:
             entry["labels"][col] = score(syn, real_test, col)
             # the real-trained classifier on the synthetic texts: does the text carry the label it was prompted with?
             entry["labels"][col]["label_agreement"] = score(real_train, syn, col)["accuracy"]
         entry["synthetic_rows_scored"] = len(syn)
-        same = _subsample(train, len(syn), cfg.data_seed)
-        entry["real_same_size"] = {c: score(to_text_table(same, "train", TEXT_COLUMN, LABEL_COLUMNS), real_test, c)
-                                   for c in LABEL_COLUMNS}
+        same = _subsample(train, len(syn), cfg.data_seed, cols)
+        entry["real_same_size"] = {c: score(to_text_table(same, "train", TEXT_COLUMN, cols), real_test, c)
+                                   for c in cols}
         out[name] = entry
     return out
 
 
-def _subsample(frame: Any, n: int, seed: int) -> Any:
+def _subsample(frame: Any, n: int, seed: int, label_columns: Sequence[str]) -> Any:
     """A stratified subsample of the real train part with n rows (the whole part if n ≥ its size)."""
     from dpsynth.data.split import split_train_test
 
     if n >= len(frame) or n < 2:
         return frame
-    _, part = split_train_test(frame, test_fraction=n / len(frame), seed=seed + 1, stratify=LABEL_COLUMNS[0])
+    _, part = split_train_test(frame, test_fraction=n / len(frame), seed=seed + 1, stratify=label_columns[0])
     return part
 
 
@@ -251,14 +274,14 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
 
-def summarise(scores: dict[str, Any], epsilons: Sequence[float]) -> dict[str, Any]:
+def summarise(scores: dict[str, Any], epsilons: Sequence[float], label_columns: Sequence[str]) -> dict[str, Any]:
     """Accuracy and macro-F1 tables (set → label → value), the ratios per label and their means, the goals."""
     sets = ["real"] + [f"eps_{epsilon_tag(e)}" for e in epsilons]
-    acc = {s: {c: _get(scores, s, c, "accuracy") for c in LABEL_COLUMNS} for s in sets}
-    f1 = {s: {c: _get(scores, s, c, "macro_f1") for c in LABEL_COLUMNS} for s in sets}
-    majority = {c: scores["real"]["labels"][c]["majority_accuracy"] for c in LABEL_COLUMNS}
+    acc = {s: {c: _get(scores, s, c, "accuracy") for c in label_columns} for s in sets}
+    f1 = {s: {c: _get(scores, s, c, "macro_f1") for c in label_columns} for s in sets}
+    majority = {c: scores["real"]["labels"][c]["majority_accuracy"] for c in label_columns}
     per_label: dict[str, dict[str, float | None]] = {}
-    for c in LABEL_COLUMNS:
+    for c in label_columns:
         r: dict[str, float | None] = {}
         inf_acc = acc.get("eps_inf", {}).get(c)
         if "eps_inf" in acc:
@@ -273,16 +296,16 @@ def summarise(scores: dict[str, Any], epsilons: Sequence[float]) -> dict[str, An
                     r[f"lift_eps{tag}_vs_inf"] = lift(acc[f"eps_{tag}"][c], inf_acc, majority[c])
         per_label[c] = r
     head = f"eps{epsilon_tag(PRIVATE_REFERENCE_EPSILON)}_vs_inf"
-    ratio_eps = _mean([per_label[c].get(head) for c in LABEL_COLUMNS])
-    ratio_inf = _mean([per_label[c].get("inf_vs_real") for c in LABEL_COLUMNS])
+    ratio_eps = _mean([per_label[c].get(head) for c in label_columns])
+    ratio_inf = _mean([per_label[c].get("inf_vs_real") for c in label_columns])
     return {
         "accuracy": acc, "macro_f1": f1, "majority_accuracy": majority, "ratios_per_label": per_label,
         "ratio_eps4_vs_inf": ratio_eps, "ratio_inf_vs_real": ratio_inf,
         "goals": {"ratio_eps4_vs_inf_min": GOAL_EPS_VS_INF, "ratio_inf_vs_real_min": GOAL_INF_VS_REAL,
                   "eps4_vs_inf_met": None if ratio_eps is None else all(
-                      (per_label[c].get(head) or 0) >= GOAL_EPS_VS_INF for c in LABEL_COLUMNS),
+                      (per_label[c].get(head) or 0) >= GOAL_EPS_VS_INF for c in label_columns),
                   "inf_vs_real_met": None if ratio_inf is None else all(
-                      (per_label[c].get("inf_vs_real") or 0) >= GOAL_INF_VS_REAL for c in LABEL_COLUMNS)},
+                      (per_label[c].get("inf_vs_real") or 0) >= GOAL_INF_VS_REAL for c in label_columns)},
     }
 
 
@@ -308,7 +331,8 @@ def run_benchmark(cfg: UtilityBenchConfig, out: Path | None = DEFAULT_OUT, *, qu
     t_all = time.perf_counter()
 
     t = time.perf_counter()
-    train, test, data_info = prepare_data(cfg, cfg.runs_dir / "data")
+    corpus = load_corpus(cfg.corpus)
+    train, test, data_info = prepare_data(cfg, corpus, cfg.runs_dir / "data")
     model = cfg.model
     if cfg.quick:
         from dpsynth.models.tiny import save_tiny_model_folder
@@ -321,7 +345,7 @@ def run_benchmark(cfg: UtilityBenchConfig, out: Path | None = DEFAULT_OUT, *, qu
         name = f"eps_{epsilon_tag(eps)}"
         t = time.perf_counter()
         try:
-            runs[name] = run_pipeline(cfg, eps, cfg.runs_dir / "data" / "train.csv", model, console)
+            runs[name] = run_pipeline(cfg, corpus, eps, cfg.runs_dir / "data" / "train.csv", model, console)
         except Exception as exc:  # one failed ε is recorded; the others still run and get scored
             runs[name] = {"epsilon": None if math.isinf(eps) else eps,
                           "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=6)}
@@ -329,7 +353,7 @@ def run_benchmark(cfg: UtilityBenchConfig, out: Path | None = DEFAULT_OUT, *, qu
 
     t = time.perf_counter()
     synthetic = {n: Path(r["synthetic_path"]) for n, r in runs.items() if "error" not in r}
-    scores = score_sets(cfg, train, test, synthetic)
+    scores = score_sets(cfg, corpus.label_columns, train, test, synthetic)
     for n, r in runs.items():
         if "error" in r:
             scores[n] = {"error": r["error"]}
@@ -341,14 +365,15 @@ def run_benchmark(cfg: UtilityBenchConfig, out: Path | None = DEFAULT_OUT, *, qu
         "runs_dir": str(cfg.runs_dir), "epsilons": [epsilon_tag(e) for e in cfg.epsilons],
         "model": "tiny random llama (dpsynth.models.tiny)" if cfg.quick else (cfg.model or "bundled SmolLM2-135M"),
         "num_samples": cfg.num_samples or cfg.train_records,
-        "max_new_tokens": cfg.max_new_tokens or cfg.max_tokens, "torch_threads": torch.get_num_threads(),
+        "max_tokens": _max_tokens(cfg, corpus),
+        "max_new_tokens": cfg.max_new_tokens or _max_tokens(cfg, corpus), "torch_threads": torch.get_num_threads(),
         "seeds": {"run": cfg.seed, "data": cfg.data_seed}, "device_used": device,
     }
     summary: dict[str, Any] = {
         "benchmark": "utility", "created": now_iso(), "settings": settings, "data": data_info,
         "machine": machine_info(device), "versions": package_versions(("torch", "transformers", "peft",
                                                                         "scikit-learn")),
-        **summarise(scores, cfg.epsilons),
+        **summarise(scores, cfg.epsilons, corpus.label_columns),
         "scores": scores, "runs": runs, "wall_s": {k: round(v, 2) for k, v in stages.items()},
     }
     if out is not None:
@@ -366,7 +391,8 @@ def _fmt(v: float | None, pct: bool = False) -> str:
 def render_table(summary: dict[str, Any]) -> str:
     """A plain-text table: per label column and training set, accuracy, macro-F1 and the diagnostics."""
     s = summary["settings"]
-    lines = [f"utility benchmark: {summary['data']['train_records']} train / {summary['data']['test_records']} test "
+    lines = [f"utility benchmark on {summary['data'].get('corpus', 'rotten_tomatoes')}: "
+             f"{summary['data']['train_records']} train / {summary['data']['test_records']} test "
              f"records, model {s['model']}, {s['finetune']}, epochs {s['epochs'] or 'default'}, "
              f"{s['num_samples']} samples, device {s['device_used']}, total {summary['wall_s']['total_s']:.0f} s"]
     header = f"  {'label':<12} {'trained on':<14} {'accuracy':>9} {'macro-F1':>9} {'rows':>6} " \
@@ -415,6 +441,7 @@ def build_config(a: argparse.Namespace) -> UtilityBenchConfig:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--corpus", choices=tuple(CORPORA), help="bench/corpora.py (default rotten_tomatoes)")
     p.add_argument("--train-records", type=int, help="private training records (default 2000)")
     p.add_argument("--test-records", type=int, help="real held-out test records (default 1000)")
     p.add_argument("--num-samples", type=int, help="synthetic records per ε (default: = train records)")
@@ -427,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="train on the control-code tokens too (default: the pipeline's)")
     p.add_argument("--model", help="local model folder (default: bundled SmolLM2-135M)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--max-tokens", type=int, help="training length in tokens (default 64)")
+    p.add_argument("--max-tokens", type=int, help="training length in tokens (default: the corpus's, 64 or 128)")
     p.add_argument("--max-new-tokens", type=int, help="tokens per synthetic record (default: --max-tokens)")
     p.add_argument("--batch-size", type=int, help="expected logical batch (default: the pipeline's)")
     p.add_argument("--learning-rate", type=float, help="learning rate (default: the pipeline's)")

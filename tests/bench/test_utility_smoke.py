@@ -85,11 +85,11 @@ def test_lift_and_ratios_known_answers() -> None:
     scores = {"real": {"labels": {"sentiment": {"accuracy": 0.8, "macro_f1": 0.7, "majority_accuracy": 0.5}}},
               "eps_inf": {"labels": {"sentiment": {"accuracy": 0.7, "macro_f1": 0.6}}},
               "eps_4": {"labels": {"sentiment": {"accuracy": 0.665, "macro_f1": 0.6}}}}
-    s = summarise(scores, (math.inf, 4.0))
+    s = summarise(scores, (math.inf, 4.0), ["sentiment"])
     assert s["ratio_inf_vs_real"] == pytest.approx(0.875) and s["ratio_eps4_vs_inf"] == pytest.approx(0.95)
     assert s["goals"]["inf_vs_real_met"] is False and s["goals"]["eps4_vs_inf_met"] is True
     assert s["ratios_per_label"]["sentiment"]["lift_eps4_vs_inf"] == pytest.approx(0.165 / 0.2)
-    only_real = summarise({"real": scores["real"]}, ())
+    only_real = summarise({"real": scores["real"]}, (), ["sentiment"])
     assert only_real["ratio_eps4_vs_inf"] is None and only_real["goals"]["eps4_vs_inf_met"] is None
 
 def test_cli_flags_override_quick_defaults(tmp_path: Path) -> None:
