@@ -71,7 +71,9 @@ def _read_member(archive: Path, suffix: str) -> bytes:
 
 def _clean(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.astype(str)
-    frame["text"] = frame["text"].str.strip()
+    # A lone carriage return (old Mac line breaks in the tweets) is a line break; pandas' CSV writer would leave
+    # it unquoted, and CSV readers take it for the end of the record.
+    frame["text"] = frame["text"].str.replace("\r\n", "\n").str.replace("\r", "\n").str.strip()
     return frame[frame["text"] != ""].reset_index(drop=True)
 
 
