@@ -59,7 +59,7 @@ def review_snippets() -> pd.DataFrame:
 def run_benchmark(cfg: EvalBenchConfig, out: Path | None = DEFAULT_OUT) -> dict[str, Any]:
     import torch
 
-    from dpsynth.evaluate.api import evaluate_synthetic, make_config
+    from dpsynth.commands.evaluate import evaluate_synthetic, make_config
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -33,9 +33,10 @@ import torch
 from bench._common import machine_info, now_iso, package_versions, sync
 from transformers import GenerationConfig
 
+from dpsynth.config import DecodingConfig
+from dpsynth.data.control_codes import ControlCodes
+from dpsynth.privacy.labels import LabelDistribution
 from dpsynth.sample.generate import GenerationStats, encode_prompts, generate_token_ids
-from dpsynth.sample.labels import LabelDistribution
-from dpsynth.sample.sampler import build_prompt
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "sample.json"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -102,7 +103,8 @@ def make_prompts(tokenizer: Any, n: int, combos: int, seed: int) -> list[list[in
     uniform proportions and shuffled, then encoded as sampling encodes them."""
     labels = [{"category": f"Category {i % 10}", "stars": str(i // 10 % 5 + 1)} for i in range(combos)]
     dist = LabelDistribution(["category", "stars"], labels, np.ones(combos), "uniform")
-    prompts = [build_prompt(lab, ["category", "stars"]) for lab in dist.draw(n, seed)]
+    codes = ControlCodes(["category", "stars"])
+    prompts = [codes.prefix(lab) for lab in dist.draw(n, seed)]
     return encode_prompts(tokenizer, prompts)
 
 
@@ -134,8 +136,9 @@ def run_dpsynth(model: Any, tok: Any, prompts: list[list[int]], new_tokens: int,
     stats = GenerationStats()
     sync(device)
     t0 = time.perf_counter()
-    out = generate_token_ids(model, tok, prompts, max_new_tokens=new_tokens, min_new_tokens=new_tokens, top_k=50,
-                             top_p=0.9, batch_size=batch, seed=0, stats=stats, backend="hf", static_cache=static_cache)
+    decoding = DecodingConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, top_k=50, top_p=0.9)
+    out = generate_token_ids(model, tok, prompts, decoding, batch_size=batch, seed=0, stats=stats,
+                             static_cache=static_cache)
     sync(device)
     seconds = time.perf_counter() - t0
     tokens = sum(len(r) for r in out)

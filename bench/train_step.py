@@ -216,7 +216,7 @@ class PerExampleLMCriterion(nn.Module):
         self.reduction = "mean"
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        from dpsynth.train.loss import per_example_lm_loss
+        from dpsynth.privacy.loss import per_example_lm_loss
 
         losses = per_example_lm_loss(logits, labels)
         if self.reduction == "none":
@@ -269,7 +269,7 @@ def _adamw(params: list[nn.Parameter], cfg: BenchConfig) -> torch.optim.Optimize
 
 def prepare(cfg: BenchConfig, mode: str, method: str, device: torch.device) -> tuple[nn.Module, Prepared]:
     """Build the model for (mode, method) and return it with a closure that runs one full training step."""
-    from dpsynth.train.loss import per_example_lm_loss
+    from dpsynth.privacy.loss import per_example_lm_loss
 
     model = build_model(cfg.model, device, cfg.seed)
     info: dict[str, Any] = {}
@@ -374,7 +374,7 @@ def _import_everything() -> None:
     import transformers  # noqa: F401
 
     import dpsynth.privacy.engine  # noqa: F401
-    import dpsynth.train.loss  # noqa: F401
+    import dpsynth.privacy.loss  # noqa: F401
 
     for mod in ("peft", "opacus"):
         with contextlib.suppress(Exception):

@@ -91,8 +91,8 @@ _NOT_DEFAULT = {
 def test_audit_declares_every_run_setting_exactly_as_run_does() -> None:
     """One definition: a run setting missing from AuditConfig, or with another type, default, bound or help text
     there, fails here."""
+    from dpsynth.commands.audit import AuditConfig
     from dpsynth.config import RUN_SETTINGS
-    from dpsynth.evaluate.audit import AuditConfig
 
     run_fields, audit_fields = RunConfig.model_fields, AuditConfig.model_fields
     for name in (*RUN_SETTINGS, "data"):
@@ -111,8 +111,8 @@ def test_audit_declares_every_run_setting_exactly_as_run_does() -> None:
 
 
 def test_audit_passes_every_run_setting_to_its_runs(tmp_path: Path) -> None:
+    from dpsynth.commands.audit import AuditConfig, _run_config
     from dpsynth.config import RUN_SETTINGS
-    from dpsynth.evaluate.audit import AuditConfig, _run_config
 
     assert set(_NOT_DEFAULT) == set(RUN_SETTINGS)
     defaults = RunConfig(data="a", out="o")
@@ -125,7 +125,7 @@ def test_audit_passes_every_run_setting_to_its_runs(tmp_path: Path) -> None:
 
 
 def test_one_column_cannot_play_two_roles() -> None:
-    from dpsynth.evaluate.audit import make_audit_config
+    from dpsynth.commands.audit import make_audit_config
 
     for bad, needle in [({"label_columns": "a,a"}, "listed twice"), ({"user_column": "a", "label_columns": "a"},
                                                                       "user column must differ")]:
@@ -133,73 +133,3 @@ def test_one_column_cannot_play_two_roles() -> None:
             config_from_sources(None, {"data": "d", "out": "o"} | bad)
         with pytest.raises(DpsynthError, match=needle):
             make_audit_config(data="d", out="o", **bad)
-
-
-def test_resume_reads_the_settings_stored_with_the_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`dpsynth run --resume --out DIR` alone continues a run: its options come from the checkpoint, made absolute
-    so that another working directory finds the same files; options given again win."""
-    from dpsynth import outputs
-
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "d.csv").write_text("text\nx\n")
-    original = RunConfig(data="d.csv", out="runs/r1", label_columns=["a", "b"], epsilon=2, batch_size=10, seed=7)
-    settings = original.resume_settings()
-    assert settings["data"] == str(tmp_path / "d.csv") and "out" not in settings and "resume" not in settings
-    outputs.write_resume_settings(tmp_path / "runs/r1", settings)
-
-    monkeypatch.chdir(tmp_path / "runs")
-    resumed = config_from_sources(None, {"out": str(tmp_path / "runs/r1"), "resume": True, "num_samples": 5})
-    assert resumed.data == tmp_path / "d.csv" and resumed.label_columns == ["a", "b"]
-    assert (resumed.epsilon, resumed.batch_size, resumed.seed, resumed.num_samples) == (2, 10, 7, 5)
-    assert resumed.resume and resumed.out == tmp_path / "runs/r1"
-    # Without --resume nothing is read from a checkpoint.
-    with pytest.raises(DpsynthError, match="--data is required"):
-        config_from_sources(None, {"out": str(tmp_path / "runs/r1")})
-
-
-def test_resume_precedence_and_refusals(tmp_path: Path) -> None:
-    """Stored settings win over the TOML file (they include what flags changed then), flags win over them; a folder
-    without stored settings gets the reason, not a bare '--data is required'."""
-    from dpsynth import outputs
-
-    run_dir = tmp_path / "r"
-    settings = RunConfig(data=tmp_path / "d.csv", out=run_dir, epsilon=8, seed=3).resume_settings()
-    outputs.write_resume_settings(run_dir, {**settings, "a_setting_since_removed": 1})
-    toml = tmp_path / "run.toml"
-    toml.write_text('epsilon = 4\nseed = 1\ntop_k = 7\n')
-    cfg = config_from_sources(toml, {"out": str(run_dir), "resume": True, "seed": 9})
-    assert (cfg.epsilon, cfg.seed, cfg.top_k) == (8, 9, 50)
-    # An option that would change what was trained is refused by name when the run starts (the same value given
-    # again is fine).
-    from dpsynth.config import refuse_changed_resume_settings
-
-    def resumed(**flags: object) -> RunConfig:
-        config = config_from_sources(None, {"out": str(run_dir), "resume": True, **flags})
-        refuse_changed_resume_settings(config)
-        return config
-
-    with pytest.raises(DpsynthError, match=r"--resume continues the run as it started, so --epsilon cannot change "
-                                           r"\(it was 8.0, now 4.0\)"):
-        resumed(epsilon="4")
-    with pytest.raises(DpsynthError, match="--lora-rank cannot change"):
-        resumed(lora_rank=4)
-    assert resumed(epsilon="8", top_p=0.5, data=str(tmp_path / "moved.csv")).top_p == 0.5
-    # The default given explicitly is no change (the run started without the flag); another value is.
-    assert resumed(epsilon="8", epochs=4, lr_schedule="constant").epochs == 4
-    with pytest.raises(DpsynthError, match="--lr-schedule cannot change"):
-        resumed(epsilon="8", lr_schedule="linear")
-    # A RunConfig built in Python meets the same rule (it skips config_from_sources).
-    with pytest.raises(DpsynthError, match="--epsilon cannot change"):
-        refuse_changed_resume_settings(RunConfig(data=tmp_path / "d.csv", out=run_dir, resume=True))
-    refuse_changed_resume_settings(RunConfig(data=tmp_path / "d.csv", out=run_dir, resume=True, epsilon=8, seed=3))
-
-    finished = tmp_path / "finished"
-    finished.mkdir()
-    (finished / "run.json").write_text("{}")
-    with pytest.raises(DpsynthError, match="has finished"):
-        config_from_sources(None, {"out": str(finished), "resume": True})
-    old = tmp_path / "old"
-    (old / "checkpoint").mkdir(parents=True)
-    with pytest.raises(DpsynthError, match="holds no stored settings"):
-        config_from_sources(None, {"out": str(old), "resume": True})
-    assert config_from_sources(None, {"out": str(old), "resume": True, "data": "d.csv"}).data == Path("d.csv")

@@ -19,9 +19,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "run": ("dpsynth.pipeline", "run"),
-    "resume": ("dpsynth.pipeline", "resume"),
-    "RunResult": ("dpsynth.pipeline", "RunResult"),
+    "run": ("dpsynth.commands.run", "run"),
+    "resume": ("dpsynth.commands.resume", "resume"),
+    "RunResult": ("dpsynth.commands.run", "RunResult"),
     "RunConfig": ("dpsynth.config", "RunConfig"),
     "DpsynthError": ("dpsynth.errors", "DpsynthError"),
 }

@@ -59,15 +59,16 @@ class _Cli(click.Group):
                 signal.signal(signal.SIGTERM, previous)
 
 
-def _is_rank_zero() -> bool:
-    """True in a plain process and on torchrun's rank 0 (RANK is set by torchrun), where summaries are printed."""
+def is_rank_zero() -> bool:
+    """True in a plain process and on torchrun's rank 0 (RANK is set by torchrun), where summaries are printed;
+    read from the environment, so that `dpsynth --help` does not load torch."""
     return os.environ.get("RANK", "0") == "0"
 
 
 def _advise_once(message: str) -> None:
     """Print how to continue once per job: under torchrun every rank is stopped together, and K copies of the same
     advice would bury rank 0's."""
-    if _is_rank_zero():
+    if is_rank_zero():
         click.echo(message, err=True)
 
 
@@ -105,12 +106,12 @@ def _how_to_continue(name: str | None) -> str:
 
 
 def _run_interrupted(out: Path, *, private: bool = True) -> _Interrupted:
-    from dpsynth.outputs import CHECKPOINT
+    from dpsynth.stages.folder import RunFolder
 
     if not private:
         return _Interrupted("a run without DP (--epsilon inf) keeps no checkpoint, so start it again with "
                             "--overwrite")
-    if not (out / CHECKPOINT).is_dir():
+    if not RunFolder(out).checkpoint.is_dir():
         return _Interrupted("no checkpoint was written yet (one every --checkpoint-every steps), so start again "
                             "with --overwrite: the interrupted run released nothing")
     return _Interrupted(f"continue with `dpsynth run --resume --out {out}` (the run's options are stored with "
@@ -199,7 +200,7 @@ def _run_options(func: Any) -> Any:
 
 
 def _evaluate_options(func: Any) -> Any:
-    from dpsynth.evaluate.api import EvaluateConfig
+    from dpsynth.evaluate.config import EvaluateConfig
 
     return _options_from(EvaluateConfig)(func)
 
@@ -211,17 +212,16 @@ def run_cmd(config_file: Path | None, **flags: Any) -> None:
 
     Needs --data and --out (on the command line or in --config); --resume needs only --out.
     """
-    from dpsynth.config import config_from_sources
-    from dpsynth.pipeline import run
-    from dpsynth.summary import print_run_summary
+    from dpsynth.commands.run import run
+    from dpsynth.stages.resume import run_config_from_sources
 
-    config = config_from_sources(config_file, flags)
+    config = run_config_from_sources(config_file, flags)
     try:
         result = run(config)
     except KeyboardInterrupt:
         raise _run_interrupted(config.out, private=config.private) from None
-    if _is_rank_zero():  # under torchrun, one summary (rank 0 wrote the outputs)
-        print_run_summary(result)
+    if is_rank_zero():  # under torchrun, one summary (rank 0 wrote the outputs)
+        result.print_summary()
 
 
 @main.command("evaluate", epilog="""\b
@@ -240,7 +240,7 @@ def evaluate_cmd(**flags: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from dpsynth.evaluate.api import evaluate_synthetic, make_config
+    from dpsynth.commands.evaluate import evaluate_synthetic, make_config
 
     result = evaluate_synthetic(make_config(**flags))
     table = Table(title="dpsynth evaluate")
@@ -256,7 +256,7 @@ def evaluate_cmd(**flags: Any) -> None:
 
 
 def _audit_options(func: Any) -> Any:
-    from dpsynth.evaluate.audit import AuditConfig
+    from dpsynth.evaluate.audit_config import AuditConfig
 
     return _options_from(AuditConfig)(func)
 
@@ -276,7 +276,7 @@ def audit_cmd(**flags: Any) -> None:
     """
     from rich.console import Console
 
-    from dpsynth.evaluate.audit import make_audit_config, print_audit_summary, run_audit
+    from dpsynth.commands.audit import make_audit_config, print_audit_summary, run_audit
 
     print_audit_summary(run_audit(make_audit_config(**flags), console=Console(stderr=True)))
 
@@ -318,12 +318,12 @@ def sample_cmd(run_dir: Path, num: int, out: Path, **kwargs: Any) -> None:
     """
     from rich.console import Console
 
-    from dpsynth.resample import sample_from_run
+    from dpsynth.commands.sample import sample_from_run
 
     if num < 1:
         raise DpsynthError("--num (--num-samples) must be at least 1")
     report = sample_from_run(run_dir, num, out, **kwargs)
-    if not _is_rank_zero():  # under torchrun, one summary (every rank returns the same report)
+    if not is_rank_zero():  # under torchrun, one summary (every rank returns the same report)
         return
     Console().print(_sample_summary(report, out))
 
@@ -365,7 +365,7 @@ def demo_cmd(out: Path, records: int, epsilon: str, num_samples: int, overwrite:
 
     Sized to finish in minutes on a 2-core CPU; prints where the outputs are and a few synthetic reviews.
     """
-    from dpsynth.demo import run_demo
+    from dpsynth.commands.demo import run_demo
 
     run_demo(out=out, records=records, epsilon=epsilon, num_samples=num_samples, overwrite=overwrite)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +31,35 @@ def split_comma_list(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class DecodingConfig:
+    """How synthetic records are sampled: the one place the decoding defaults live (the reference recipe's top-k 50
+    and top-p 0.9). `min_new_tokens=1` bars end-of-sequence as the first token: barring EOS there and renormalising
+    is exactly re-drawing that token until it is not EOS, i.e. the model's distribution given a non-empty record —
+    what dropping empty records keeps — at no extra generation. 0 restores plain sampling. `top_k=0` disables
+    top-k, `top_p=1` nucleus filtering; `top_k=1` or `temperature=0` is greedy."""
+
+    top_k: int = 50
+    top_p: float = 0.9
+    temperature: float = 1.0
+    repetition_penalty: float = 1.0
+    max_new_tokens: int = 128
+    min_new_tokens: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise DpsynthError(f"--min-new-tokens ({self.min_new_tokens}) must be between 0 and --max-new-tokens "
+                               f"({self.max_new_tokens}), and --max-new-tokens at least 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.repetition_penalty <= 0:
+            raise DpsynthError("decoding needs --temperature ≥ 0, 0 < --top-p ≤ 1, --top-k ≥ 0 and "
+                               "--repetition-penalty > 0")
+
+    @property
+    def greedy(self) -> bool:
+        return self.top_k == 1 or self.temperature == 0
+
+
+DECODING = DecodingConfig()
 MAX_EPSILON = 100.0  # beyond this DP-SGD's noise is negligible; the accountant's search would also blow up
 MAX_DEFAULT_BATCH = 1000  # the default expected batch is N/8 up to this (see RunConfig.resolved_batch_size)
 
@@ -115,14 +145,16 @@ class RunConfig(BaseModel):
     # --- sampling
     num_samples: int | None = Field(None, ge=1, description="Synthetic records to write; default one per training "
                                                             "record (one per user with --user-column).")
-    top_k: int = Field(50, ge=0, description="Top-k sampling (0 disables).")
-    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
-    repetition_penalty: float = Field(1.0, gt=0, description="Repetition penalty (1 disables).")
+    top_k: int = Field(DECODING.top_k, ge=0, description="Top-k sampling (0 disables).")
+    top_p: float = Field(DECODING.top_p, gt=0, le=1, description="Nucleus sampling mass.")
+    temperature: float = Field(DECODING.temperature, gt=0, description="Sampling temperature.")
+    repetition_penalty: float = Field(DECODING.repetition_penalty, gt=0, description="Repetition penalty (1 "
+                                                                                        "disables).")
     max_new_tokens: int | None = Field(None, ge=1, description="Tokens per synthetic record; default --max-tokens.")
-    min_new_tokens: int = Field(1, ge=0, description="Tokens before a record may end (1: never before its first "
-                                                     "token, so empty records become rare; 0: plain sampling). "
-                                                     "Empty records are dropped (and redrawn) either way.")
+    min_new_tokens: int = Field(
+        DECODING.min_new_tokens, ge=0, description="Tokens before a record may end (1: never before its first token, "
+                                                   "so empty records become rare; 0: plain sampling). Empty records "
+                                                   "are dropped (and redrawn) either way.")
     sample_batch_size: int = Field(64, ge=1, description="Prompts per generation batch.")
     drop_duplicates: bool = Field(False, description="Remove exact duplicate synthetic records (same text and labels) "
                                                      "and redraw them with the same labels, up to 5 extra rounds "
@@ -181,9 +213,8 @@ class RunConfig(BaseModel):
 
     def resolved_batch_size(self, num_units: int) -> int:
         """Default expected batch size: large batches help DP-SGD's signal-to-noise, but a small dataset needs
-        enough steps; 1/8 of the data (32 steps in 4 epochs) is the measured middle ground (N is treated as public).
-        Capped at 1,000 so that a large dataset still takes many steps: at N = 5,000, batch 625 (q = 1/8) and 1,250
-        (q = 1/4) both beat the former cap of 256 (docs/training.md); above N = 8,000 the rate falls below 1/8."""
+        enough steps; 1/8 of the data (32 steps in 4 epochs) is the measured middle ground (N is treated as public),
+        capped at 1,000 so that a large dataset still takes many steps (docs/training.md)."""
         if self.batch_size is not None:
             return min(self.batch_size, num_units)
         if not self.private:
@@ -192,10 +223,8 @@ class RunConfig(BaseModel):
 
     def resolved_learning_rate(self, expected_batch_size: float) -> float:
         """The given LR, else the default for --finetune. LoRA under DP grows it with the expected batch, because a
-        larger batch carries less noise per step and can take larger steps. Between the measured optima it is
-        linear: 2e-3 up to batch 100 (N = 800: 4e-3 and 5e-3 were no better), 1e-2 from batch 250 (N = 2,000:
-        better than 5e-3 on two seeds and than 2e-3 on one); nothing larger was measured, so nothing larger is used
-        (docs/training.md)."""
+        larger batch carries less noise per step and can take larger steps: linear between the measured optima,
+        2e-3 up to batch 100 and 1e-2 from batch 250, nothing larger (docs/training.md)."""
         if self.learning_rate is not None:
             return self.learning_rate
         if self.finetune == "lora":
@@ -207,6 +236,11 @@ class RunConfig(BaseModel):
 
     def resolved_max_new_tokens(self) -> int:
         return self.max_new_tokens or self.max_tokens
+
+    def decoding(self) -> DecodingConfig:
+        return DecodingConfig(top_k=self.top_k, top_p=self.top_p, temperature=self.temperature,
+                              repetition_penalty=self.repetition_penalty,
+                              max_new_tokens=self.resolved_max_new_tokens(), min_new_tokens=self.min_new_tokens)
 
     def resolved_lr_schedule(self) -> str:
         return self.lr_schedule or "constant"
@@ -248,110 +282,32 @@ def run_setting(name: str, note: str = "") -> Any:
     return FieldInfo.merge_field_infos(fld, description=f"{fld.description} {note}" if note else fld.description)
 
 
-def config_from_sources(toml_path: Path | None, overrides: dict[str, Any]) -> RunConfig:
-    """Merge a TOML config file with command-line flags (flags win) into one validated RunConfig."""
-    from_file: dict[str, Any] = {}
-    if toml_path is not None:
-        try:
-            with open(toml_path, "rb") as fh:
-                raw = tomllib.load(fh)
-        except FileNotFoundError:
-            raise DpsynthError(f"config file {toml_path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise DpsynthError(f"config file {toml_path} is not valid TOML ({exc})") from None
-        from_file = {k.replace("-", "_"): v for k, v in raw.items()}
-        unknown = [k for k, v in raw.items() if k.replace("-", "_") not in RunConfig.model_fields]
-        if unknown:
-            raise DpsynthError(f"config file {toml_path} has an unknown setting '{unknown[0]}'; the names are those "
-                               "of `dpsynth run --help` without the dashes in front (e.g. learning-rate = 1e-3)")
-    flags = {k: v for k, v in overrides.items() if v is not None}
-    values = {**from_file, **flags}
-    if values.get("resume") and not values.get("overwrite") and values.get("out") is not None:
-        # `dpsynth run --resume --out DIR` is enough: the interrupted run stored the settings it ran with (its
-        # TOML file's included) with its checkpoint. They win over the TOML file; flags given now win over them
-        # where they may change (RESUME_MAY_CHANGE); any other change is refused when the run starts
-        # (refuse_changed_resume_settings, which also sees a RunConfig built in Python).
-        values = {**from_file, **_stored_settings(Path(values["out"]), given=values), **flags}
+def read_config_file(toml_path: Path) -> dict[str, Any]:
+    """The settings of a TOML config file (names as `dpsynth run --help` has them, without the dashes)."""
     try:
-        return RunConfig(**values)
+        with open(toml_path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise DpsynthError(f"config file {toml_path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise DpsynthError(f"config file {toml_path} is not valid TOML ({exc})") from None
+    unknown = [k for k in raw if k.replace("-", "_") not in RunConfig.model_fields]
+    if unknown:
+        raise DpsynthError(f"config file {toml_path} has an unknown setting '{unknown[0]}'; the names are those "
+                           "of `dpsynth run --help` without the dashes in front (e.g. learning-rate = 1e-3)")
+    return {k.replace("-", "_"): v for k, v in raw.items()}
+
+
+def config_from_sources(toml_path: Path | None, overrides: dict[str, Any], *,
+                        stored: dict[str, Any] | None = None) -> RunConfig:
+    """A TOML config file, settings stored by an interrupted run (for --resume) and command-line flags, in that
+    order of precedence (flags win), as one validated RunConfig; a bad value is one DpsynthError sentence."""
+    from_file = read_config_file(toml_path) if toml_path is not None else {}
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return RunConfig(**{**from_file, **(stored or {}), **flags})
     except ValidationError as exc:
         raise DpsynthError(describe_validation_error(exc)) from None
-
-
-# What a resumed run may do differently: where it runs, how it checkpoints, and the sampling still to come (the
-# seed: the weights, batches and noise state come from the checkpoint). The data file may move (its contents are
-# checked against the digest stored with the checkpoint). Everything else defines what was trained so far and what
-# the ledger counts.
-RESUME_MAY_CHANGE = frozenset({
-    "data", "out", "resume", "overwrite", "device", "precision", "physical_batch_size", "checkpoint_every",
-    "num_samples", "top_k", "top_p", "temperature", "repetition_penalty", "max_new_tokens", "min_new_tokens",
-    "sample_batch_size", "drop_duplicates", "seed",
-})
-
-
-def refuse_changed_resume_settings(config: RunConfig) -> None:
-    """Refuse, by name, a setting outside RESUME_MAY_CHANGE that differs from the one stored with the checkpoint
-    (none stored, or stored by an older version: the ledger's and the checkpoint's own checks still apply).
-
-    Why: half the steps at one setting and half at another is neither run; the records (run.json, the ledger's
-    clip norm) would describe only the new value, and some changes (another LoRA rank, model) cannot load the
-    checkpoint at all.
-    """
-    from dpsynth import outputs
-
-    before = normalised_run_settings({**(outputs.read_resume_settings(Path(config.out)) or {}),
-                                      "out": config.out, "resume": True})
-    if before is None:
-        return
-    now = config.model_dump(mode="json")
-    then = RunConfig(**before)
-    for key, value in before.items():
-        if key in RESUME_MAY_CHANGE or _same_setting(value, now[key]):
-            continue
-        resolve = _DEFAULT_RESOLVERS.get(key)
-        if resolve is not None and resolve(then) == resolve(config):  # the default, left out once and given once
-            continue
-        flag = "--" + key.replace("_", "-")
-        raise DpsynthError(f"--resume continues the run as it started, so {flag} cannot change (it was "
-                           f"{value!r}, now {now[key]!r}); drop {flag}, or start a new run with --overwrite")
-
-
-# Settings whose default follows from other settings alone: giving that default explicitly on --resume is no change.
-_DEFAULT_RESOLVERS: dict[str, Any] = {"epochs": RunConfig.resolved_epochs,
-                                      "lr_schedule": RunConfig.resolved_lr_schedule}
-
-
-def normalised_run_settings(settings: dict[str, Any]) -> dict[str, Any] | None:
-    """Stored run settings as today's RunConfig dumps them — defaults filled in for settings added since, keys it
-    no longer has left out — so old and new records compare; None if they no longer validate."""
-    try:
-        return RunConfig(**{k: v for k, v in settings.items() if k in RunConfig.model_fields}).model_dump(mode="json")
-    except ValidationError:
-        return None
-
-
-def _same_setting(a: Any, b: Any) -> bool:
-    if a == b:
-        return True
-    if isinstance(a, str) and isinstance(b, str):  # the same file, named relatively now and absolutely then
-        pa, pb = Path(a).expanduser(), Path(b).expanduser()
-        return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
-    return False
-
-
-def _stored_settings(out: Path, *, given: dict[str, Any]) -> dict[str, Any]:
-    """The settings an interrupted run stored with its checkpoint (settings this version no longer has are left
-    out). Without any, the folder's own state explains why: finished, never checkpointed, or an older run."""
-    from dpsynth import outputs
-
-    stored = outputs.read_resume_settings(out)
-    if stored is None:
-        outputs.check_output_folder(out, overwrite=False, resume=True)  # a finished or unstarted run: its message
-        if "data" not in given:
-            raise DpsynthError(f"{out / outputs.CHECKPOINT} holds no stored settings (an older dpsynth wrote it, or "
-                               "it is unreadable): resume with the interrupted run's options given again")
-        return {}
-    return {k: v for k, v in stored.items() if k in RunConfig.model_fields}
 
 
 def describe_validation_error(exc: ValidationError) -> str:

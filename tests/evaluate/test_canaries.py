@@ -12,8 +12,7 @@ import torch
 
 from dpsynth.errors import DpsynthError
 from dpsynth.evaluate import canaries
-
-from .conftest import tiny_causal_lm
+from tests.conftest import tiny_causal_lm
 
 PATTERNS = {
     "name": r"[A-Z][a-z]+ [A-Z][a-z]+",

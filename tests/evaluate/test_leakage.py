@@ -8,8 +8,7 @@ import torch
 
 from dpsynth.errors import DpsynthError
 from dpsynth.evaluate import leakage
-
-from .conftest import tiny_causal_lm
+from tests.conftest import tiny_causal_lm
 
 TRAIN = [
     "Our waiter Bob brought cold soup, warm beer and a bill twice as long as expected.",

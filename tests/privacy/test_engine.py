@@ -23,17 +23,8 @@ from transformers import (
 from dpsynth.errors import DpsynthError
 from dpsynth.privacy.engine import ClippingEngine
 from dpsynth.privacy.layers import UnsupportedLayerError
-from dpsynth.train.loss import per_example_lm_loss
-
-VOCAB = 97
-
-
-def tiny_llama(tied: bool = True) -> nn.Module:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=24, intermediate_size=40, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      tie_word_embeddings=tied)
-    return LlamaForCausalLM(cfg).float()
+from dpsynth.privacy.loss import per_example_lm_loss
+from tests.conftest import VOCAB, brute_force, make_batch, tiny_llama
 
 
 def tiny_gpt2() -> nn.Module:
@@ -43,37 +34,6 @@ def tiny_gpt2() -> nn.Module:
     return GPT2LMHeadModel(cfg).float()
 
 
-def make_batch(batch: int = 5, length: int = 12, seed: int = 1) -> dict[str, torch.Tensor]:
-    """Right-padded batch with varied lengths and repeated tokens (exercises the embedding ghost term)."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, 20, (batch, length), generator=g)  # small range: many repeated ids per example
-    lengths = torch.tensor([length, length - 3, 4, length - 1, 7][:batch])
-    mask = torch.arange(length)[None, :] < lengths[:, None]
-    ids = ids.masked_fill(~mask, 0)
-    labels = ids.masked_fill(~mask, -100)
-    return {"input_ids": ids, "attention_mask": mask.long(), "labels": labels}
-
-
-def brute_force(model: nn.Module, batch: dict, clip: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-example gradients one example at a time (no padding in its own pass), clipped and summed."""
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    total = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
-    norms = []
-    for i in range(batch["input_ids"].shape[0]):
-        n_tok = int(batch["attention_mask"][i].sum())
-        ids = batch["input_ids"][i : i + 1, :n_tok]
-        labels = batch["labels"][i : i + 1, :n_tok]
-        model.zero_grad(set_to_none=True)
-        out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
-        per_example_lm_loss(out.logits, labels).sum().backward()
-        grads = {n: p.grad.detach().double().clone() for n, p in params.items()}
-        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads.values()))
-        norms.append(norm)
-        factor = min(1.0, clip / (float(norm) + 1e-6))
-        for n in total:
-            total[n] += grads[n] * factor
-    model.zero_grad(set_to_none=True)
-    return torch.stack(norms), total
 
 
 def engine_sum(model: nn.Module, batch: dict, clip: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -5,9 +5,13 @@ from collections import Counter
 import pandas as pd
 import pytest
 
+from dpsynth.config import DecodingConfig
+from dpsynth.data.control_codes import ControlCodes
+from dpsynth.data.encode import encode_records
 from dpsynth.errors import DpsynthError
-from dpsynth.sample.labels import public_label_distribution
-from dpsynth.sample.sampler import DecodingConfig, build_prompt, sample_synthetic
+from dpsynth.privacy.labels import public_label_distribution
+from dpsynth.sample.generate import encode_prompts
+from tests.conftest import sample
 
 CATS = {"category": ["fresh", "rotten"], "movie": ["Up", "Cats", "Heat"]}
 COLS = ["category", "movie"]
@@ -27,16 +31,11 @@ def _read(path):
     return pd.read_parquet(path)
 
 
-def test_build_prompt_matches_training_prefix():
-    assert build_prompt({"movie": "Up", "category": "fresh"}, COLS) == "category: fresh | movie: Up\n\n"
-    assert build_prompt({}, []) == ""
-
-
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
 def test_writes_text_and_labels_in_exact_proportions(tmp_path, tokenizer, tiny_model, dist, suffix):
     out = tmp_path / f"synthetic{suffix}"
     n = 36
-    rep = sample_synthetic(tiny_model, tokenizer, dist, n, out, label_columns=COLS, decoding=FAST, seed=1,
+    rep = sample(tiny_model, tokenizer, dist, n, out, label_columns=COLS, decoding=FAST, seed=1,
                            batch_size=8, progress=False, drop_empty=False)
     df = _read(out)
     assert list(df.columns) == ["text", *COLS] and len(df) == n == rep.rows_written
@@ -50,7 +49,7 @@ def test_writes_text_and_labels_in_exact_proportions(tmp_path, tokenizer, tiny_m
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path, tokenizer, tiny_model, dist):
     n, kw = 40, dict(label_columns=COLS, decoding=FAST, seed=5, batch_size=4, chunk_size=8, progress=False)
     full = tmp_path / "full.csv"
-    sample_synthetic(tiny_model, tokenizer, dist, n, full, **kw)
+    sample(tiny_model, tokenizer, dist, n, full, **kw)
 
     out = tmp_path / "killed.csv"
     calls = {"n": 0}
@@ -63,7 +62,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, tokenizer, tiny_mo
     handle = tiny_model.register_forward_hook(kill_after_some_steps)
     try:
         with pytest.raises(KeyboardInterrupt):
-            sample_synthetic(tiny_model, tokenizer, dist, n, out, **kw)
+            sample(tiny_model, tokenizer, dist, n, out, **kw)
     finally:
         handle.remove()
     written = len(_read(out))
@@ -71,20 +70,20 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, tokenizer, tiny_mo
     with out.open("a") as f:
         f.write('some half-written row, "with a quote\nand a newline')  # torn write of an uncommitted chunk
 
-    rep = sample_synthetic(tiny_model, tokenizer, dist, n, out, **kw)
+    rep = sample(tiny_model, tokenizer, dist, n, out, **kw)
     assert rep.resumed_rows == written and rep.generated_this_run == n - written
     assert out.read_bytes() == full.read_bytes()
-    again = sample_synthetic(tiny_model, tokenizer, dist, n, out, **kw)  # already complete: nothing to do
+    again = sample(tiny_model, tokenizer, dist, n, out, **kw)  # already complete: nothing to do
     assert again.generated_this_run == 0 and again.rows_written == rep.rows_written
 
 
 def test_resume_with_other_settings_refused(tmp_path, tokenizer, tiny_model, dist):
     out = tmp_path / "s.csv"
     kw = dict(label_columns=COLS, decoding=FAST, batch_size=4, progress=False)
-    sample_synthetic(tiny_model, tokenizer, dist, 8, out, seed=1, **kw)
+    sample(tiny_model, tokenizer, dist, 8, out, seed=1, **kw)
     with pytest.raises(DpsynthError, match="different settings"):
-        sample_synthetic(tiny_model, tokenizer, dist, 8, out, seed=2, **kw)
-    rep = sample_synthetic(tiny_model, tokenizer, dist, 8, out, seed=2, resume=False, **kw)
+        sample(tiny_model, tokenizer, dist, 8, out, seed=2, **kw)
+    rep = sample(tiny_model, tokenizer, dist, 8, out, seed=2, resume=False, **kw)
     assert rep.resumed_rows == 0 and rep.rows_written == 8
 
 
@@ -92,19 +91,19 @@ def test_foreign_file_refused(tmp_path, tokenizer, tiny_model, dist):
     out = tmp_path / "s.csv"
     out.write_text("text,category,movie\nhello,fresh,Up\n")
     with pytest.raises(DpsynthError, match="not written by"):
-        sample_synthetic(tiny_model, tokenizer, dist, 4, out, label_columns=COLS, decoding=FAST, progress=False)
+        sample(tiny_model, tokenizer, dist, 4, out, label_columns=COLS, decoding=FAST, progress=False)
 
 
 def test_postprocessing_counts(tmp_path, tokenizer, tiny_model, model_factory, dist):
     eos_model = model_factory(tokenizer, eos_bias=1e4)
     plain = DecodingConfig(max_new_tokens=10, min_new_tokens=0)
-    rep = sample_synthetic(eos_model, tokenizer, dist, 12, tmp_path / "e.csv", label_columns=COLS, decoding=plain,
+    rep = sample(eos_model, tokenizer, dist, 12, tmp_path / "e.csv", label_columns=COLS, decoding=plain,
                            progress=False)
     # One top-up round redraws the 12, keeps none of them, and the run stops: 24 generations, all dropped.
     assert rep.rows_written == 0 and rep.dropped_empty == 24 and rep.replaced == 0
     assert len(_read(tmp_path / "e.csv")) == 0
     greedy = DecodingConfig(top_k=1, max_new_tokens=6)  # identical prompts → identical texts → duplicates
-    rep = sample_synthetic(tiny_model, tokenizer, dist, 24, tmp_path / "d.csv", label_columns=COLS, decoding=greedy,
+    rep = sample(tiny_model, tokenizer, dist, 24, tmp_path / "d.csv", label_columns=COLS, decoding=greedy,
                            progress=False, drop_duplicates=True, batch_size=5, chunk_size=10)
     assert rep.rows_written == 6 and rep.dropped_duplicates == 18 + 18 and rep.generated_this_run == 24 + 18
 
@@ -119,7 +118,7 @@ def test_dropped_duplicates_are_redrawn_with_their_labels_and_a_killed_top_up_re
     kw = dict(label_columns=COLS, decoding=DecodingConfig(top_k=3, max_new_tokens=2), seed=0, batch_size=2,
               chunk_size=2, progress=False, drop_duplicates=True)
     full = tmp_path / "full.csv"
-    rep = sample_synthetic(tiny_model, tokenizer, dist, 24, full, **kw)
+    rep = sample(tiny_model, tokenizer, dist, 24, full, **kw)
     df = _read(full)
     assert rep.rows_written == 24 == len(df) == len(df.drop_duplicates())
     # Every dropped generation was redrawn (some more than once), in more than one round.
@@ -138,19 +137,19 @@ def test_dropped_duplicates_are_redrawn_with_their_labels_and_a_killed_top_up_re
     handle = tiny_model.register_forward_hook(kill_in_the_top_up)
     try:
         with pytest.raises(KeyboardInterrupt):
-            sample_synthetic(tiny_model, tokenizer, dist, 24, out, **kw)
+            sample(tiny_model, tokenizer, dist, 24, out, **kw)
     finally:
         handle.remove()
     state = json.loads(progress.read_text())["state"]
     assert state["round"] >= 1 and 0 < state["draws_done"] < len(state["members"]) and len(_read(out)) < 24
-    resumed = sample_synthetic(tiny_model, tokenizer, dist, 24, out, **kw)
+    resumed = sample(tiny_model, tokenizer, dist, 24, out, **kw)
     assert out.read_bytes() == full.read_bytes() and resumed.replaced == rep.replaced
 
 
 def test_default_decoding_never_ends_a_record_before_it_starts(tmp_path, tokenizer, model_factory, dist):
     """A model that wants to stop at once still gives every requested row (one token each) by default."""
     eos_model = model_factory(tokenizer, eos_bias=1e4)
-    rep = sample_synthetic(eos_model, tokenizer, dist, 12, tmp_path / "e.csv", label_columns=COLS, decoding=FAST,
+    rep = sample(eos_model, tokenizer, dist, 12, tmp_path / "e.csv", label_columns=COLS, decoding=FAST,
                            progress=False, drop_empty=False)  # a random tiny model's token may be whitespace
     assert FAST.min_new_tokens == 1
     assert rep.rows_written == len(_read(tmp_path / "e.csv")) == 12
@@ -163,50 +162,42 @@ def test_min_new_tokens_checked():
 
 
 def test_unconditional_and_label_mismatch(tmp_path, tokenizer, tiny_model, dist):
-    rep = sample_synthetic(tiny_model, tokenizer, None, 5, tmp_path / "u.jsonl", label_columns=[], decoding=FAST,
+    rep = sample(tiny_model, tokenizer, None, 5, tmp_path / "u.jsonl", label_columns=[], decoding=FAST,
                            progress=False, drop_empty=False)
     assert list(_read(tmp_path / "u.jsonl").columns) == ["text"] and rep.rows_written == 5
     with pytest.raises(DpsynthError, match="label columns"):
-        sample_synthetic(tiny_model, tokenizer, dist, 5, tmp_path / "x.csv", label_columns=["category"],
+        sample(tiny_model, tokenizer, dist, 5, tmp_path / "x.csv", label_columns=["category"],
                          progress=False)
     with pytest.raises(DpsynthError, match="no label distribution"):
-        sample_synthetic(tiny_model, tokenizer, None, 5, tmp_path / "x.csv", label_columns=COLS, progress=False)
+        sample(tiny_model, tokenizer, None, 5, tmp_path / "x.csv", label_columns=COLS, progress=False)
 
 
 def test_progress_bar_runs(tmp_path, tokenizer, tiny_model, dist):
-    rep = sample_synthetic(tiny_model, tokenizer, dist, 6, tmp_path / "p.csv", label_columns=COLS, decoding=FAST,
+    rep = sample(tiny_model, tokenizer, dist, 6, tmp_path / "p.csv", label_columns=COLS, decoding=FAST,
                            batch_size=3, progress=True)
     assert rep.complete
 
 
 def test_prompts_match_training_encoding(tokenizer):
     """The sampling prompt must be token-for-token the prefix the model was trained on."""
-    control_codes = pytest.importorskip("dpsynth.data.control_codes")
-    encode = pytest.importorskip("dpsynth.data.encode")
-    from dpsynth.sample.generate import encode_prompts
-
     labels = {"category": "fresh", "movie": "Up"}
-    prefix = control_codes.ControlCodes(COLS).prefix(labels)
-    assert prefix == build_prompt(labels, COLS)
-    records = encode.encode_records(tokenizer, [prefix], ["A lovely film."], max_tokens=64)
+    prefix = ControlCodes(COLS).prefix(labels)
+    records = encode_records(tokenizer, [prefix], ["A lovely film."], max_tokens=64)
     ids = records[0].input_ids.tolist()
     prompt_ids = encode_prompts(tokenizer, [prefix])[0]
     assert ids[: len(prompt_ids)] == prompt_ids
 
 
-def test_static_cache_run_releases_decoder(tmp_path, tokenizer, tiny_model, dist):
-    from dpsynth.sample import generate as g
-
-    rep = sample_synthetic(tiny_model, tokenizer, dist, 20, tmp_path / "s.csv", label_columns=COLS, decoding=FAST,
+def test_static_cache_run(tmp_path, tokenizer, tiny_model, dist):
+    rep = sample(tiny_model, tokenizer, dist, 20, tmp_path / "s.csv", label_columns=COLS, decoding=FAST,
                            batch_size=4, chunk_size=8, progress=False, drop_empty=False, static_cache=True)
     assert rep.rows_written == 20 and rep.backend == "hf-static"
-    assert "decoder" not in g._STATIC  # GPU memory of the static cache is returned when sampling ends
 
 
 def test_progress_bar_inside_another_live_display(tmp_path, tokenizer, tiny_model, dist):
     from rich.progress import Progress
 
     with Progress():  # e.g. the CLI's own stage display
-        rep = sample_synthetic(tiny_model, tokenizer, dist, 4, tmp_path / "p.csv", label_columns=COLS,
+        rep = sample(tiny_model, tokenizer, dist, 4, tmp_path / "p.csv", label_columns=COLS,
                                decoding=FAST, batch_size=2, progress=True)
     assert rep.complete

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import tempfile
 from pathlib import Path
 
@@ -20,9 +19,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from dpsynth.privacy.engine import ClippingEngine
-from dpsynth.train.distributed import DistContext
-from dpsynth.train.loss import per_example_lm_loss
-from tests.privacy.test_engine import make_batch, tiny_llama
+from dpsynth.privacy.loss import per_example_lm_loss
+from dpsynth.runtime.ranks import DistContext
+from tests.conftest import dpsgd_steps_in_ledger, free_port, make_batch, tiny_llama
 
 CLIP = 0.05
 SIGMA = 0.7
@@ -35,12 +34,6 @@ class SeededNoise:
 
     def add_normal_(self, t: torch.Tensor, std: float) -> torch.Tensor:
         return t.add_(torch.randn(t.shape, generator=self.gen, dtype=t.dtype) * std)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _clipped_step(model: torch.nn.Module, rows: list[int], ctx: DistContext, noise: SeededNoise | None) -> dict:
@@ -77,7 +70,7 @@ def test_two_ranks_match_one_and_add_noise_once() -> None:
     torch.set_num_threads(1)
     reference = _clipped_step(tiny_llama(), list(range(5)), DistContext(), None)
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(2, _free_port(), tmp), nprocs=2, join=True)
+        mp.spawn(_worker, args=(2, free_port(), tmp), nprocs=2, join=True)
         r0 = torch.load(Path(tmp) / "rank0.pt")
         r1 = torch.load(Path(tmp) / "rank1.pt")
     for name, ref in reference.items():
@@ -103,8 +96,8 @@ def _as_torchrun_rank(rank: int, world: int, port: int) -> None:
 
 def _pipeline_worker(rank: int, world: int, port: int, data: str, model: str, out: str) -> None:
     _as_torchrun_rank(rank, world, port)
+    from dpsynth.commands.run import run
     from dpsynth.config import RunConfig
-    from dpsynth.pipeline import run
 
     run(RunConfig(**_pipeline_config(data, model, out)))
     dist.destroy_process_group()
@@ -119,8 +112,8 @@ def _pipeline_config(data: str, model: str, out: str) -> dict:
 
 def _secure_worker(rank: int, world: int, port: int, data: str, model: str, out: str, log_dir: str) -> None:
     _as_torchrun_rank(rank, world, port)
+    from dpsynth.commands.run import run
     from dpsynth.config import RunConfig
-    from dpsynth.pipeline import run
     from dpsynth.privacy.sampling import PoissonSampler
 
     draws: list[list[int]] = []
@@ -151,7 +144,7 @@ def test_secure_batches_are_one_global_sample_under_two_ranks(tmp_path: Path) ->
     model = str(save_tiny_model_folder(tmp_path / "tiny", kind="llama"))
     data = str(tmp_path / "reviews.csv")
     load_demo_dataset(max_records=40, seed=0).to_csv(data, index=False)
-    mp.spawn(_secure_worker, args=(2, _free_port(), data, model, str(tmp_path / "out"), str(tmp_path)), nprocs=2,
+    mp.spawn(_secure_worker, args=(2, free_port(), data, model, str(tmp_path / "out"), str(tmp_path)), nprocs=2,
              join=True)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert len(r0) == len(r1) == 8 and sum(map(len, r0)) > 20
@@ -167,17 +160,17 @@ def test_dpsynth_run_under_two_ranks_trains_the_same_model_as_one(tmp_path: Path
     clipped sums reduced, noise once on rank 0 — so the trained weights match a single-process run's."""
     from safetensors.torch import load_file
 
+    from dpsynth.commands.run import run
     from dpsynth.config import RunConfig
     from dpsynth.data.demo import load_demo_dataset
     from dpsynth.models.tiny import save_tiny_model_folder
-    from dpsynth.pipeline import run
 
     torch.set_num_threads(1)
     model = str(save_tiny_model_folder(tmp_path / "tiny", kind="llama"))
     data = str(tmp_path / "reviews.csv")
     load_demo_dataset(max_records=80, seed=0).to_csv(data, index=False)
     run(RunConfig(**_pipeline_config(data, model, str(tmp_path / "one"))))
-    mp.spawn(_pipeline_worker, args=(2, _free_port(), data, model, str(tmp_path / "two")), nprocs=2, join=True)
+    mp.spawn(_pipeline_worker, args=(2, free_port(), data, model, str(tmp_path / "two")), nprocs=2, join=True)
 
     one, two = tmp_path / "one", tmp_path / "two"
     ledger_one = json.loads((one / "privacy.json").read_text())
@@ -197,7 +190,7 @@ def test_dpsynth_run_under_two_ranks_trains_the_same_model_as_one(tmp_path: Path
     # compared with one process sampling from the 2-rank run's own saved model.)
     import pandas as pd
 
-    from dpsynth.resample import sample_from_run
+    from dpsynth.commands.sample import sample_from_run
 
     sample_from_run(two, 300, tmp_path / "one_process.csv", seed=0)
     assert (two / "synthetic.csv").read_bytes() == (tmp_path / "one_process.csv").read_bytes()
@@ -212,9 +205,9 @@ def _interrupted_worker(rank: int, world: int, port: int, data: str, model: str,
     """Both ranks stopped as step 4 begins (as Ctrl-C or a scheduler's SIGTERM stops a torchrun job): the last
     checkpoint is step 2's, and steps 1–3 are in the ledger."""
     _as_torchrun_rank(rank, world, port)
+    from dpsynth.commands.run import run
     from dpsynth.config import RunConfig
-    from dpsynth.pipeline import run
-    from dpsynth.train.dp_trainer import DPTrainer
+    from dpsynth.train.loop import DPTrainer
 
     original = DPTrainer.run_step
 
@@ -235,7 +228,7 @@ def _interrupted_worker(rank: int, world: int, port: int, data: str, model: str,
 
 def _resume_worker(rank: int, world: int, port: int, out: str) -> None:
     _as_torchrun_rank(rank, world, port)
-    from dpsynth.pipeline import resume
+    from dpsynth.commands.resume import resume
 
     resume(out)
     dist.destroy_process_group()
@@ -251,24 +244,23 @@ def test_an_interrupted_two_rank_run_resumes_under_two_ranks_or_one(tmp_path: Pa
 
     from safetensors.torch import load_file
 
+    from dpsynth.commands.resume import resume
     from dpsynth.data.demo import load_demo_dataset
     from dpsynth.models.tiny import save_tiny_model_folder
-    from dpsynth.pipeline import resume
-    from tests.train.test_resume import dpsgd_steps_in_ledger
 
     torch.set_num_threads(1)
     model = str(save_tiny_model_folder(tmp_path / "tiny", kind="llama"))
     data = str(tmp_path / "reviews.csv")
     load_demo_dataset(max_records=80, seed=0).to_csv(data, index=False)
     stopped = tmp_path / "stopped"
-    mp.spawn(_interrupted_worker, args=(2, _free_port(), data, model, str(stopped)), nprocs=2, join=True)
+    mp.spawn(_interrupted_worker, args=(2, free_port(), data, model, str(stopped)), nprocs=2, join=True)
     assert dpsgd_steps_in_ledger(stopped) == 3 and (stopped / "checkpoint" / "state.pt").is_file()
     assert not (stopped / "synthetic.csv").exists()
 
     two, one = tmp_path / "two", tmp_path / "one"
     shutil.copytree(stopped, two)
     shutil.copytree(stopped, one)
-    mp.spawn(_resume_worker, args=(2, _free_port(), str(two)), nprocs=2, join=True)
+    mp.spawn(_resume_worker, args=(2, free_port(), str(two)), nprocs=2, join=True)
     resume(one)
 
     planned = 5  # 1 epoch at q = 16 / 80

@@ -8,26 +8,21 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
+
 ARGS = ["--text-column", "text", "--label-columns", "sentiment", "--epochs", "1", "--batch-size", "16",
         "--physical-batch-size", "4", "--max-tokens", "32", "--num-samples", "300", "--max-new-tokens", "4",
         "--finetune", "full", "--learning-rate", "1e-3", "--device", "cpu"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch_two_nodes(data: Path, model: Path, out: Path, logs: Path) -> list[int]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     procs = []
@@ -51,9 +46,9 @@ def _launch_two_nodes(data: Path, model: Path, out: Path, logs: Path) -> list[in
 
 @pytest.mark.timeout(600)
 def test_two_nodes_one_process_each_train_and_sample_like_one_machine(tmp_path: Path) -> None:
+    from dpsynth.commands.sample import sample_from_run
     from dpsynth.data.demo import load_demo_dataset
     from dpsynth.models.tiny import save_tiny_model_folder
-    from dpsynth.resample import sample_from_run
 
     model = save_tiny_model_folder(tmp_path / "tiny", kind="llama")
     data = tmp_path / "reviews.csv"

@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from dpsynth.errors import DpsynthError
 
@@ -251,9 +254,6 @@ def _records_frame(records: list[dict[str, Any]], columns: dict[str, int]) -> pd
 
 
 def _read_parquet(raw: bytes, file_name: str) -> pd.DataFrame:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     if not raw:
         raise DpsynthError(f"{file_name} is empty; give a file with a header and at least one record")

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from dpsynth.errors import DpsynthError
 
@@ -174,7 +175,7 @@ def insert_canaries(frame: pd.DataFrame, canaries: Sequence[Canary], text_column
     return combined.iloc[order].reset_index(drop=True)
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -190,8 +191,6 @@ def secret_nll(model: Any, tokenizer: Any, prefix: str, secrets: Sequence[str], 
     Tokens are those of the full text "prefix secret." after the part shared with the tokenised prefix alone, so
     word-boundary merges of BPE tokenisers are handled without assumptions about spaces.
     """
-    import torch
-
     if not prefix:
         raise DpsynthError("a canary prefix must not be empty")
     device = next(model.parameters()).device
@@ -200,7 +199,7 @@ def secret_nll(model: Any, tokenizer: Any, prefix: str, secrets: Sequence[str], 
     seqs, starts = [], []
     for s in secrets:
         ids = tokenizer(f"{prefix} {s}{suffix}")["input_ids"]
-        start = max(1, _common_prefix(prefix_ids, ids))  # position 0 has no prediction
+        start = max(1, common_prefix(prefix_ids, ids))  # position 0 has no prediction
         seqs.append(ids)
         starts.append(start)
     out = np.empty(len(secrets), dtype=np.float64)

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from dpsynth.errors import DpsynthError
-from dpsynth.evaluate.progress import StepProgress, quiet_transformers
-from dpsynth.evaluate.utility import bundled_encoder_path, resolve_device
+from dpsynth.evaluate.utility import bundled_encoder_path
+from dpsynth.runtime.device import resolve_device
+from dpsynth.runtime.progress import StepProgress, quiet_transformers
 
 BUNDLED = "minilm"  # name for the bundled all-MiniLM-L6-v2 in configs and reports
 
@@ -49,7 +50,7 @@ def _load(folder: str, device: str) -> Any:
 
 def load_embedder(model: str | None = None, device: str = "auto") -> Any:
     """A cached SentenceTransformer (loading MiniLM costs about a second; evaluation embeds three sets)."""
-    return _load(str(embedding_model_path(model)), resolve_device(device))
+    return _load(str(embedding_model_path(model)), str(resolve_device(device)))
 
 
 def encode_texts(texts: Sequence[str], model: str | None = None, *, device: str = "auto", batch_size: int = 64,

@@ -21,7 +21,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import mauve
 import numpy as np
+from scipy import linalg
+from sklearn.decomposition import PCA
 
 from dpsynth.errors import DpsynthError
 
@@ -89,8 +92,6 @@ def precision_recall(real: np.ndarray, synthetic: np.ndarray, k: int = 3) -> Pre
 
 def frechet_distance(real: np.ndarray, synthetic: np.ndarray) -> float:
     """FID between Gaussian fits: |μ₁-μ₂|² + Tr(Σ₁ + Σ₂ - 2(Σ₁Σ₂)^½); 0 for identical sets."""
-    from scipy import linalg
-
     real = np.asarray(real, dtype=np.float64)
     synthetic = np.asarray(synthetic, dtype=np.float64)
     if len(real) < 2 or len(synthetic) < 2:
@@ -119,8 +120,6 @@ def mauve_buckets(n_real: int, n_synthetic: int) -> int:
 def mauve_score(real: np.ndarray, synthetic: np.ndarray, *, seed: int = 25, num_buckets: int | str = "auto",
                 kmeans_num_redo: int = 5, kmeans_max_iter: int = 500) -> float:
     """MAUVE on precomputed embeddings (p = real, q = synthetic); deterministic for a fixed seed."""
-    import mauve
-
     if len(real) < 2 or len(synthetic) < 2:
         raise DpsynthError("MAUVE needs at least 2 records in each set")
     buckets = mauve_buckets(len(real), len(synthetic)) if num_buckets == "auto" else int(num_buckets)
@@ -154,8 +153,6 @@ def _quiet_native_stderr() -> Iterator[None]:
 def pca_2d(real: np.ndarray, synthetic: np.ndarray, max_points: int = 2000, seed: int = 0
            ) -> dict[str, list[list[float]]]:
     """2-D PCA of both sets fitted on the real embeddings, for a scatter plot (subsampled to keep reports small)."""
-    from sklearn.decomposition import PCA
-
     rng = np.random.default_rng(seed)
 
     def pick(x: np.ndarray) -> np.ndarray:

@@ -20,9 +20,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
 
 from dpsynth.errors import DpsynthError
-from dpsynth.evaluate.progress import StepProgress
+from dpsynth.runtime.progress import StepProgress
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 _MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant for the polynomial rolling hash
@@ -153,8 +155,6 @@ def memorisation_distances(synthetic: np.ndarray, train: np.ndarray, heldout: np
 # ---------------------------------------------------------------- membership inference
 def loss_mia_auc(member_losses: Sequence[float], nonmember_losses: Sequence[float]) -> float:
     """AUC of the loss-threshold attack: lower loss ⇒ 'member'. 0.5 = no better than guessing."""
-    from sklearn.metrics import roc_auc_score
-
     m = np.asarray(member_losses, dtype=np.float64)
     nm = np.asarray(nonmember_losses, dtype=np.float64)
     if m.size == 0 or nm.size == 0:
@@ -167,8 +167,6 @@ def per_example_losses(model: Any, tokenizer: Any, texts: Sequence[str], *, batc
                        max_length: int = 128, device: Any = None, add_eos: bool = True,
                        show_progress: bool = False) -> np.ndarray:
     """Mean next-token cross-entropy of a causal LM on each text (batched, right-padded, no gradients)."""
-    import torch
-
     device = device if device is not None else next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:

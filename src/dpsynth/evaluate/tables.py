@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from dpsynth.data.reader import read_table
@@ -34,7 +35,6 @@ class TextTable:
         """A seeded uniform subsample (kept in file order) so costly metrics stay bounded on large files."""
         if max_records is None or len(self) <= max_records:
             return self
-        import numpy as np
 
         idx = np.sort(np.random.default_rng(seed).choice(len(self), size=max_records, replace=False))
         return TextTable(self.name, [self.texts[i] for i in idx],

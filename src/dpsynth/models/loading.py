@@ -24,15 +24,20 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import torch
+import transformers
+from peft import PeftModel
+from safetensors import SafetensorError
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from dpsynth.errors import DpsynthError, first_line
+from dpsynth.runtime.progress import quiet_transformers
 
 DEFAULT_NAMES = ("default", "smollm2-135m", "smollm2-135m-instruct", "smollm2")
 BUNDLED_NAME = "smollm2-135m-instruct"
@@ -75,7 +80,7 @@ def load_model(
     _check_dtype(dtype, device)
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
-    with quiet_progress_bars():
+    with quiet_transformers():
         loaded = _load(spec, dtype, device, cache_dir, padding_side)
     loaded.model.to(device)
     return loaded
@@ -102,20 +107,6 @@ def _load(spec: str | os.PathLike[str] | None, dtype: torch.dtype, device: str |
             model, tokenizer = _load_hub(text, dtype)
             name, source = text, f"Hugging Face hub model '{text}'"
     return _finish(model, tokenizer, name, source, padding_side)
-
-
-@contextlib.contextmanager
-def quiet_progress_bars() -> Iterator[None]:
-    """Hide transformers' per-load progress bars (they fight the CLI's own status line); restore the setting."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 # ----------------------------------------------------------------------------------------------- bundled SmolLM2
@@ -169,8 +160,6 @@ def ensure_bundled_cache(cache_dir: Path | None = None) -> Path:
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
     """Dequantise the GGUF weights to fp32 and save a plain Hugging Face folder (safetensors + tokenizer)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are plain fp32 tensors now; drop the GGUF "quantizer" so save_pretrained accepts the model.
@@ -205,8 +194,6 @@ def _publish(tmp: Path, folder: Path, expected: dict[str, Any]) -> None:
 
 def _cache_stamp(gguf: Path) -> dict[str, Any]:
     """What the cache was built from; a different package version or GGUF file triggers a rebuild."""
-    import transformers
-
     return {"format": CACHE_FORMAT, "source": BUNDLED_DIST, "version": _dist_version(BUNDLED_DIST),
             "gguf": gguf.name, "gguf_bytes": gguf.stat().st_size,
             "transformers_major": transformers.__version__.split(".")[0]}
@@ -254,8 +241,6 @@ def _load_local(path: Path, dtype: torch.dtype, device: str | torch.device,
 def _load_adapter(path: Path, dtype: torch.dtype, device: str | torch.device,
                   cache_dir: Path | None) -> tuple[Any, Any, str]:
     """A LoRA adapter saved by `dpsynth run`: load its base model, then the adapter on top (for sampling)."""
-    from peft import PeftModel
-
     base_spec = None
     meta = path / "dpsynth_model.json"
     if meta.is_file():
@@ -274,8 +259,6 @@ def _load_adapter(path: Path, dtype: torch.dtype, device: str | torch.device,
 
 def _load_folder(path: Path, dtype: torch.dtype, shown: str) -> tuple[Any, Any]:
     """Check the config is a causal LM (cheap), then read the weights and the tokenizer."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     try:
         config = AutoConfig.from_pretrained(path)
     except (ValueError, KeyError, OSError) as err:
@@ -283,7 +266,6 @@ def _load_folder(path: Path, dtype: torch.dtype, shown: str) -> tuple[Any, Any]:
                            f"{_DECODER_HINT}") from err
     check_causal_lm(config, shown)
     tokenizer = _load_tokenizer(path, shown)
-    from safetensors import SafetensorError
 
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
@@ -295,8 +277,6 @@ def _load_folder(path: Path, dtype: torch.dtype, shown: str) -> tuple[Any, Any]:
 
 
 def _load_tokenizer(path: Path | str, shown: str | None = None, **kwargs: Any) -> Any:
-    from transformers import AutoTokenizer
-
     try:
         return AutoTokenizer.from_pretrained(path, **kwargs)
     except (OSError, ValueError, TypeError) as err:
@@ -310,11 +290,6 @@ def check_causal_lm(config: Any, shown: str) -> None:
     The auto causal-LM mapping alone is not enough: it also lists encoders such as BERT (as `BertLMHeadModel`,
     which is only causal when `is_decoder=True`) and the decoder halves of encoder-decoder models.
     """
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
-
     model_type = getattr(config, "model_type", None) or "unknown"
     archs = list(getattr(config, "architectures", None) or [])
     causal_classes: set[str] = set()
@@ -346,8 +321,6 @@ def _looks_like_path(text: str) -> bool:
 
 def _load_hub(name: str, dtype: torch.dtype) -> tuple[Any, Any]:
     """Use the local Hugging Face cache if it has `name`; otherwise try to download it, failing fast offline."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     offline = _hub_offline()
     config, last_error = None, None
     for local_only in (True, False):

@@ -20,7 +20,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from dpsynth.errors import DpsynthError
 
@@ -31,12 +33,6 @@ KNOWN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pr
 _BLOCK_INDEX = re.compile(r"(^|\.)\d+(\.|$)")
 
 
-def _conv1d_type() -> type:
-    from transformers.pytorch_utils import Conv1D
-
-    return Conv1D
-
-
 def default_target_modules(model: nn.Module) -> list[str]:
     """Suffix names of every Linear (or GPT-2 Conv1D) projection inside the repeated transformer blocks.
 
@@ -44,10 +40,9 @@ def default_target_modules(model: nn.Module) -> list[str]:
     `transformer.h.0.attn.c_attn`); this leaves out the output head and anything outside the layer stack,
     without hard-coding one architecture's names.
     """
-    conv1d = _conv1d_type()
     names: list[str] = []
     for full_name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, conv1d)) and _BLOCK_INDEX.search(full_name):
+        if isinstance(module, (nn.Linear, Conv1D)) and _BLOCK_INDEX.search(full_name):
             leaf = full_name.rsplit(".", 1)[-1]
             if leaf not in names:
                 names.append(leaf)
@@ -76,18 +71,15 @@ def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16, dropout: float =
     Returns a `peft.PeftModel`. GPT-2 style Conv1D layers store weights transposed, which peft must be told
     (`fan_in_fan_out=True`); this is detected from the targeted modules.
     """
-    from peft import LoraConfig, PeftModel, get_peft_model
-
     if isinstance(model, PeftModel):
         raise ValueError("the model already has adapters; apply_lora expects a plain transformers model")
     if r < 1:
         raise DpsynthError(f"the LoRA rank must be at least 1, not {r}")
     targets = list(target_modules) if target_modules else default_target_modules(model)
-    conv1d = _conv1d_type()
     check_target_modules(model, targets)
     targeted = [m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in targets]
-    fan_in_fan_out = any(isinstance(m, conv1d) for m in targeted)
-    if fan_in_fan_out and not all(isinstance(m, conv1d) for m in targeted):
+    fan_in_fan_out = any(isinstance(m, Conv1D) for m in targeted)
+    if fan_in_fan_out and not all(isinstance(m, Conv1D) for m in targeted):
         raise DpsynthError("the LoRA targets mix Conv1D and Linear layers, which one adapter config cannot "
                            "describe; choose target modules of one kind")
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,

@@ -22,12 +22,12 @@ value it returns is an upper bound on the true ε, and a finer grid is tighter b
   (≈1e-3 in ε at Yelp scale), so for small ε (< 0.4) the grid is refined to 1e-4/2^k, k ≤ 4, keeping the error
   well under 1%, and the smaller of the two upper bounds is reported with the grid that produced it (the ledger
   records it, so anyone can recompute the number exactly).
-- Calibration: a bisection on a 10× coarser grid (cheap, and an upper bound, so its answer is feasible), then a
-  short bisection with the reported-ε rule inside a ±2 % bracket; the returned σ is feasible under the reported
-  rule and within 0.1 % of the smallest feasible σ. The Yelp check values (N = 1.9M, B = 4096, 23,193 steps)
-  calibrate in about 5 s on 2 CPU cores.
-- EpsilonTracker (progress bar): a fixed grid (1e-4 by default) with cached single-step PLDs, ≈0.2-0.4 s a call;
-  identical to the reported ε from ε ≥ 0.4 on, a slightly pessimistic upper bound below.
+- Calibration: dp-accounting's (Brent's method) on a 10× coarser grid (cheap, and an upper bound, so its answer
+  is feasible), then on the reported grid inside a 2 % bracket below it; the returned σ is feasible under the
+  reported rule and within 0.1 % of the smallest feasible σ.
+- EpsilonTracker (progress bar): the same composition on a fixed grid (1e-4 by default); identical to the
+  reported ε from ε ≥ 0.4 on, a slightly pessimistic upper bound below.
+Every ε comes from one function, `_epsilon_at`: dp-accounting's PLD accountant over the run's composed event.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
-from dp_accounting import get_sigma_gaussian
-from dp_accounting.pld import privacy_loss_distribution as pld_lib
+from dp_accounting import dp_event, get_sigma_gaussian
+from dp_accounting import mechanism_calibration as mc
+from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 from dp_accounting.privacy_accountant import NeighboringRelation
 
 from dpsynth.errors import DpsynthError
@@ -169,67 +170,40 @@ def _check_sigma(sigma: float) -> None:
 
 # ----------------------------------------------------------------------------------------------- PLD core
 
-_NON_PRIVATE = object()  # a mechanism without noise: ε = ∞ whatever else is composed
 
-
-@functools.lru_cache(maxsize=64)
-def _subsampled_gaussian_pld(sigma: float, q: float, interval: float) -> pld_lib.PrivacyLossDistribution:
-    """One DP-SGD step's PLD. Cached: building it is the expensive part of every ε evaluation."""
-    return pld_lib.from_gaussian_mechanism(standard_deviation=sigma, sampling_prob=q,
-                                           value_discretization_interval=interval, neighboring_relation=NEIGHBOURING)
-
-
-@functools.lru_cache(maxsize=16)
-def _dpsgd_pld(sigma: float, q: float, steps: int, interval: float) -> pld_lib.PrivacyLossDistribution:
-    return _subsampled_gaussian_pld(sigma, q, interval).self_compose(steps)
-
-
-@functools.lru_cache(maxsize=64)
-def _gaussian_pld(sigma: float, interval: float) -> pld_lib.PrivacyLossDistribution:
-    return pld_lib.from_gaussian_mechanism(standard_deviation=sigma, value_discretization_interval=interval,
-                                           neighboring_relation=NEIGHBOURING)
-
-
-def _mechanism_pld(m: Mechanism, interval: float) -> Any:
-    """The PLD of one mechanism; None for one that reveals nothing, _NON_PRIVATE for one without noise."""
+def _event(m: Mechanism) -> dp_event.DpEvent:
+    """The dp-accounting event of one mechanism (NoOp for one that reveals nothing; σ = 0 is non-private)."""
     if isinstance(m, DpSgdMechanism):
         if m.steps == 0 or m.sample_rate == 0 or math.isinf(m.noise_multiplier):
-            return None
-        if m.noise_multiplier == 0:
-            return _NON_PRIVATE
-        return _dpsgd_pld(float(m.noise_multiplier), float(m.sample_rate), int(m.steps), interval)
+            return dp_event.NoOpDpEvent()
+        step = dp_event.PoissonSampledDpEvent(m.sample_rate, dp_event.GaussianDpEvent(m.noise_multiplier))
+        return dp_event.SelfComposedDpEvent(step, int(m.steps))
     if isinstance(m, GaussianMechanism):
         if math.isinf(m.noise_multiplier):
-            return None
-        if m.noise_multiplier == 0:
-            return _NON_PRIVATE
-        return _gaussian_pld(float(m.noise_multiplier), interval)
+            return dp_event.NoOpDpEvent()
+        return dp_event.GaussianDpEvent(m.noise_multiplier)
     raise TypeError(f"not a mechanism: {m!r}")
 
 
-def _canonical(mechanisms: Sequence[Mechanism]) -> list[Mechanism]:
-    """DP-SGD first, then the rest, each in the given order: one fixed composition order (float-reproducible)."""
-    return [m for m in mechanisms if isinstance(m, DpSgdMechanism)] + \
+def run_event(mechanisms: Sequence[Mechanism]) -> dp_event.ComposedDpEvent:
+    """Every mechanism of a run as one composed event, DP-SGD first (one fixed, float-reproducible order)."""
+    ordered = [m for m in mechanisms if isinstance(m, DpSgdMechanism)] + \
         [m for m in mechanisms if not isinstance(m, DpSgdMechanism)]
+    return dp_event.ComposedDpEvent([_event(m) for m in ordered])
 
 
-def _fold_epsilon(plds: Sequence[Any], delta: float) -> float:
-    """Compose PLDs left to right and read off ε at δ."""
-    if any(p is _NON_PRIVATE for p in plds):
-        return math.inf
-    total = None
-    for p in plds:
-        if p is not None:
-            total = p if total is None else total.compose(p)
-    if total is None:
-        return 0.0
-    eps = float(total.get_epsilon_for_delta(delta))
+def _accountant(interval: float) -> PLDAccountant:
+    return PLDAccountant(NEIGHBOURING, value_discretization_interval=interval)
+
+
+@functools.lru_cache(maxsize=256)
+def _epsilon_at(mechanisms: tuple[Mechanism, ...], delta: float, interval: float) -> float:
+    """The one composition every ε of dpsynth comes from (ledger, calibration, progress bar): dp-accounting's PLD
+    accountant over the run's event, read at δ less what thresholded releases spend outside the PLD."""
+    accountant = _accountant(interval)
+    accountant.compose(run_event(mechanisms))
+    eps = float(accountant.get_epsilon(pld_delta(mechanisms, delta)))
     return max(0.0, eps) if not math.isnan(eps) else math.inf
-
-
-def _epsilon_at(mechanisms: Sequence[Mechanism], delta: float, interval: float) -> float:
-    return _fold_epsilon([_mechanism_pld(m, interval) for m in _canonical(mechanisms)],
-                         pld_delta(mechanisms, delta))
 
 
 def refined_interval(epsilon: float) -> float:
@@ -254,12 +228,12 @@ def compute_epsilon_with_interval(mechanisms: Sequence[Mechanism], delta: float,
     if value_discretization_interval is not None:
         if not value_discretization_interval > 0:
             raise DpsynthError("the PLD discretisation interval must be positive")
-        return _epsilon_at(mechs, delta, value_discretization_interval), value_discretization_interval
-    eps = _epsilon_at(mechs, delta, BASE_INTERVAL)
+        return _epsilon_at(tuple(mechs), delta, value_discretization_interval), value_discretization_interval
+    eps = _epsilon_at(tuple(mechs), delta, BASE_INTERVAL)
     interval = refined_interval(eps)
     if eps == 0 or math.isinf(eps) or interval == BASE_INTERVAL:
         return eps, BASE_INTERVAL
-    fine = _epsilon_at(mechs, delta, interval)
+    fine = _epsilon_at(tuple(mechs), delta, interval)
     return (fine, interval) if fine < eps else (eps, BASE_INTERVAL)
 
 
@@ -297,88 +271,80 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
                                other_mechanisms: Sequence[Mechanism] = ()) -> float:
     """The smallest DP-SGD noise multiplier σ (to 0.1 %) whose composition with `other_mechanisms` is (ε, δ)-DP.
 
-    Feasible under `compute_epsilon` (checked there, not just on the search grid). Raises DpsynthError if the
-    other mechanisms already spend the budget, or if even σ = 50 is not enough.
+    dp-accounting's calibration (Brent's method) over the same composition as the ledger's, first on a 10×
+    coarser grid (cheap, and pessimistic, so its answer is feasible), then on the reported grid in a narrow
+    bracket below it. Feasible under `compute_epsilon` (checked there). Raises DpsynthError if the other mechanisms
+    already spend the budget, or if even σ = 50 is not enough.
     """
     _check_epsilon(target_epsilon)
     _check_delta(delta)
     _check_schedule(sample_rate, steps)
-    others = list(other_mechanisms)
+    others = tuple(other_mechanisms)
     eps_others = compute_epsilon(others, delta)
     if eps_others >= target_epsilon:
         raise DpsynthError(f"the other releases already spend ε = {eps_others:.3g} of the target ε = "
                            f"{target_epsilon:g}, leaving nothing for training; give them a smaller share of ε")
 
-    def reported(sigma: float) -> float:
-        return compute_epsilon([DpSgdMechanism(sigma, sample_rate, int(steps)), *others], delta)
+    def mechanisms(sigma: float) -> tuple[Mechanism, ...]:
+        return (DpSgdMechanism(sigma, sample_rate, int(steps)), *others)
 
-    eps_max = reported(MAX_NOISE_MULTIPLIER)
+    eps_max = compute_epsilon(mechanisms(MAX_NOISE_MULTIPLIER), delta)
     if eps_max > target_epsilon:
         raise DpsynthError(
             f"ε = {target_epsilon:g} is out of reach for {int(steps)} steps at sampling rate {sample_rate:.3g}: even "
             f"noise multiplier {MAX_NOISE_MULTIPLIER:g} (pure noise) spends ε = {eps_max:.3g}; use fewer epochs or a "
             f"smaller batch, or a larger ε")
+    fine = refined_interval(target_epsilon)
+    coarse_grid = SEARCH_COARSENING * fine
 
-    def gap(eps: float) -> float:  # log(ε / target): nearly linear in log σ, so the secant steps are good
-        return math.inf if math.isinf(eps) else math.log(max(eps, 1e-300) / target_epsilon)
+    def coarse_feasible(sigma: float) -> bool:
+        return _epsilon_at(mechanisms(sigma), delta, coarse_grid) <= target_epsilon
 
-    # Phase 1: on a coarser grid (pessimistic, so its feasible end is feasible when reported), cheap evaluations.
-    coarse_grid = SEARCH_COARSENING * refined_interval(target_epsilon)
+    lo, hi = _bracket(coarse_feasible, 1.0)
+    if lo == hi:  # even the smallest σ considered meets the target
+        return hi
+    coarse = _calibrate(mechanisms, target_epsilon, delta, coarse_grid, mc.ExplicitBracketInterval(lo, hi),
+                        tol=2 * CALIBRATION_RTOL * lo)
+    # The coarse grid overstates ε, so the answer on the fine grid lies at or below it, within its pessimism.
+    low = max(MIN_NOISE_MULTIPLIER, coarse / 1.02)
+    if compute_epsilon(mechanisms(low), delta) <= target_epsilon:
+        low = _bracket(lambda sigma: compute_epsilon(mechanisms(sigma), delta) <= target_epsilon, low)[0]
+        if compute_epsilon(mechanisms(low), delta) <= target_epsilon:
+            return low
+    sigma = _calibrate(mechanisms, target_epsilon, delta, fine, mc.ExplicitBracketInterval(low, coarse),
+                       tol=CALIBRATION_RTOL * low)
+    while compute_epsilon(mechanisms(sigma), delta) > target_epsilon:  # the reported rule may refine the grid
+        sigma *= 1 + CALIBRATION_RTOL / 4
+    return sigma
 
-    def coarse_gap(sigma: float) -> float:
-        return gap(_epsilon_at([DpSgdMechanism(sigma, sample_rate, int(steps)), *others], delta, coarse_grid))
 
-    sigma_c = _solve(coarse_gap, 1.0, 2.0, 2 * CALIBRATION_RTOL)
+def _bracket(feasible: Callable[[float], bool], guess: float, factor: float = 1.5) -> tuple[float, float]:
+    """(infeasible σ, feasible σ) around the answer, by steps of `factor` from `guess` within [MIN, MAX]; (σ, σ)
+    when MIN itself is feasible. Brent's method then needs only the narrow interval."""
+    if feasible(guess):
+        hi = guess
+        while hi > MIN_NOISE_MULTIPLIER:
+            lo = max(MIN_NOISE_MULTIPLIER, hi / factor)
+            if not feasible(lo):
+                return lo, hi
+            hi = lo
+        return hi, hi
+    lo = guess
+    while lo < MAX_NOISE_MULTIPLIER:
+        hi = min(MAX_NOISE_MULTIPLIER, lo * factor)
+        if feasible(hi):
+            return lo, hi
+        lo = hi
+    return lo, MAX_NOISE_MULTIPLIER  # the caller checked that MAX is feasible
 
-    # Phase 2: the reported rule itself, in a narrow bracket around the coarse answer.
-    def reported_gap(sigma: float) -> float:
-        return gap(reported(sigma))
 
-    return _solve(reported_gap, sigma_c, 1.005, CALIBRATION_RTOL)
-
-
-def _solve(gap: Callable[[float], float], guess: float, step: float, rtol: float) -> float:
-    """The smallest σ in [MIN, MAX] with gap(σ) ≤ 0 (gap decreasing in σ), to relative tolerance `rtol`.
-
-    Brackets the root from `guess` by widening steps (step, step², step⁴, ...), then runs a secant in log σ that
-    probes just above and just below its estimate (so one good estimate closes the bracket in two evaluations),
-    with geometric bisection as the fallback. Returns the feasible end; MAX counts as feasible (checked by the
-    caller).
-    """
-    hi, g_hi = guess, gap(guess)
-    lo, g_lo = hi, g_hi
-    if g_hi > 0:  # widen upwards until feasible
-        while g_hi > 0 and hi < MAX_NOISE_MULTIPLIER:
-            lo, g_lo = hi, g_hi
-            hi = min(MAX_NOISE_MULTIPLIER, hi * step)
-            step *= step
-            g_hi = gap(hi) if hi < MAX_NOISE_MULTIPLIER else min(g_hi, 0.0)
-    else:  # widen downwards until infeasible
-        while g_lo <= 0:
-            hi, g_hi = lo, g_lo
-            if hi <= MIN_NOISE_MULTIPLIER:
-                return hi
-            lo = max(MIN_NOISE_MULTIPLIER, hi / step)
-            step *= step
-            g_lo = gap(lo)
-    nudge = 1 + rtol / 2.5
-    rounds = 0
-    while hi / lo > 1 + rtol:
-        rounds += 1
-        probes = [math.sqrt(lo * hi)]
-        if rounds <= 3 and math.isfinite(g_lo) and g_lo > g_hi:
-            root = math.exp(math.log(lo) + g_lo / (g_lo - g_hi) * (math.log(hi) - math.log(lo)))
-            inside = [x for x in (root * nudge, root / nudge) if lo * nudge < x < hi / nudge]
-            probes = inside or probes
-        for x in probes:
-            if not lo < x < hi:
-                continue
-            g = gap(x)
-            if g <= 0:
-                hi, g_hi = x, g
-            else:
-                lo, g_lo = x, g
-    return hi
+def _calibrate(mechanisms: Callable[[float], tuple[Mechanism, ...]], target_epsilon: float, delta: float,
+               interval: float, bracket: mc.BracketInterval, *, tol: float) -> float:
+    """dp-accounting's calibration of σ on one PLD grid: the smallest σ in the bracket that meets the target, to
+    within `tol` (absolute)."""
+    return float(mc.calibrate_dp_mechanism(
+        lambda: _accountant(interval), lambda sigma: run_event(mechanisms(sigma)), target_epsilon,
+        pld_delta(mechanisms(MAX_NOISE_MULTIPLIER), delta), bracket_interval=bracket, tol=tol))
 
 
 def gaussian_noise_for_epsilon(epsilon: float, delta: float) -> float:
@@ -446,11 +412,8 @@ def plan_budget(target_epsilon: float, delta: float, num_units: int, sample_rate
 
 
 class EpsilonTracker:
-    """ε spent after t DP-SGD steps, composed with other mechanisms, for a progress bar.
-
-    One fixed PLD grid (default 1e-4, the reported grid for ε ≥ 0.4; a slightly pessimistic upper bound below);
-    the single-step PLD is built once, and answers are memoised by step count.
-    """
+    """ε spent after t DP-SGD steps, composed with other mechanisms, for a progress bar: the ledger's composition
+    on one fixed grid (1e-4 by default, the reported grid for ε ≥ 0.4; a slightly pessimistic upper bound below)."""
 
     def __init__(self, mechanisms_other: Sequence[Mechanism], noise_multiplier: float, sample_rate: float,
                  delta: float, *, value_discretization_interval: float = BASE_INTERVAL) -> None:
@@ -463,7 +426,6 @@ class EpsilonTracker:
         self.sample_rate = float(sample_rate)
         self.delta = float(delta)
         self.interval = float(value_discretization_interval)
-        self._cache: dict[int, float] = {}
 
     def mechanisms(self, steps: int) -> list[Mechanism]:
         return [DpSgdMechanism(self.noise_multiplier, self.sample_rate, int(steps)), *self.others]
@@ -471,21 +433,4 @@ class EpsilonTracker:
     def epsilon(self, steps: int) -> float:
         if steps < 0:
             raise ValueError("steps must be ≥ 0")
-        steps = int(steps)
-        if steps not in self._cache:
-            if len(self._cache) > 4096:
-                self._cache.clear()
-            # Not via the memoised _dpsgd_pld: every step count is new, so only the single-step PLD is worth caching.
-            mechs = _canonical(self.mechanisms(steps))
-            plds = [self._dpsgd(steps) if isinstance(m, DpSgdMechanism) else _mechanism_pld(m, self.interval)
-                    for m in mechs]
-            self._cache[steps] = _fold_epsilon(plds, pld_delta(mechs, self.delta))
-        return self._cache[steps]
-
-    def _dpsgd(self, steps: int) -> Any:
-        m = DpSgdMechanism(self.noise_multiplier, self.sample_rate, steps)
-        if m.steps == 0 or m.sample_rate == 0 or math.isinf(m.noise_multiplier):
-            return None
-        if m.noise_multiplier == 0:
-            return _NON_PRIVATE
-        return _subsampled_gaussian_pld(self.noise_multiplier, self.sample_rate, self.interval).self_compose(steps)
+        return _epsilon_at(tuple(self.mechanisms(steps)), self.delta, self.interval)

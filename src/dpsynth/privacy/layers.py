@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.func import functional_call, vjp, vmap
 
 from dpsynth.errors import DpsynthError
 
@@ -96,7 +97,7 @@ class LayerHandler:
     def reset(self) -> None:
         # Empty each record, not just the list: the backward hook of the layer's output still holds the record, and
         # autograd keeps that hook as long as anything references the loss (a caller's `losses` variable, say) —
-        # without this, every ghost layer's input and output gradient would outlive the step (≈ 0.6 GB measured).
+        # without this, every ghost layer's input and output gradient would outlive the step.
         for rec in self.records:
             rec.inputs = None  # type: ignore[assignment]
             rec.grad_output = None
@@ -384,8 +385,6 @@ class NormHandler(LayerHandler):
         """Instantiate this call's per-example gradients (B×d) right away and drop its B×T×d input and output
         gradient: holding them for 60 norm layers until the clip factors are known would cost more memory than
         the per-example gradients themselves."""
-        from torch.func import functional_call, vjp, vmap
-
         names = list(self.params)
         frozen = {n: p for n, p in self.module.named_parameters(recurse=False) if n not in self.params}
         frozen.update(dict(self.module.named_buffers(recurse=False)))

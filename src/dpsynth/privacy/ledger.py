@@ -30,7 +30,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from dpsynth.atomic import write_json_atomic
 from dpsynth.errors import DpsynthError
 from dpsynth.privacy.accounting import (
     SEARCH_COARSENING,
@@ -40,6 +39,7 @@ from dpsynth.privacy.accounting import (
     mechanism_from_dict,
     refined_interval,
 )
+from dpsynth.runtime.files import write_json_atomic
 
 FORMAT_VERSION = 1
 UNITS = ("record", "user")
@@ -141,7 +141,7 @@ class PrivacyLedger:
         """The ledger as JSON-ready data.
 
         `interim=True` is for the write before every training step: ε is then computed on a 10× coarser PLD grid
-        (≈0.05 s instead of ≈0.3 s at Yelp scale). That value is still a valid upper bound (the grid rounds
+        (several times faster). That value is still a valid upper bound (the grid rounds
         pessimistically), is reproducible from the recorded grid, and is replaced by the tight one at the final
         write.
         """
@@ -191,7 +191,7 @@ class PrivacyLedger:
 
     def write(self, path: str | os.PathLike[str], *, interim: bool = False) -> Path:
         """Write the ledger as JSON atomically (temporary file in the same folder, fsync, os.replace)."""
-        return write_json_atomic(path, self.to_dict(interim=interim), allow_nan=False)
+        return write_json_atomic(path, self.to_dict(interim=interim), allow_nan=False, default=None)
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> PrivacyLedger:

@@ -19,7 +19,7 @@ therefore written from the secret (`_mt_state`), in secure mode from 2,496 bytes
 mode from the seed through numpy's SeedSequence. On CUDA, Philox takes the full 64-bit seed, and the
 secret sets its counter offset too.
 
-With data parallelism the trainer draws on rank 0 only and broadcasts the noisy sum (train/distributed.py), so
+With data parallelism the trainer draws on rank 0 only and broadcasts the noisy sum (runtime/ranks.py), so
 either mode works there.
 """
 
@@ -156,9 +156,9 @@ class NoiseSource:
         """Add N(0, std²) noise to every element of a float32 `tensor` in place, and return it.
 
         Why not `tensor.add_(normal_like(...))`: that allocates a second full-size tensor per weight matrix, and on
-        the CPU touching fresh pages of a 100 MB buffer costs more than filling a small warm one. Drawing ≤ 16 MB
-        at a time into one reused buffer takes ≈ 15 % less time per DP-SGD step's noise (134.5M weights: 0.58 s →
-        0.50 s on one CPU thread) and no transient memory. The elements are still independent N(0, std²).
+        the CPU touching fresh pages of a 100 MB buffer costs more than filling a small warm one; ≤ 16 MB at a time
+        into one reused buffer is faster (bench/RESULTS.md) and needs no transient memory. The elements are still
+        independent N(0, std²).
         """
         if not std >= 0:
             raise ValueError(f"std must be ≥ 0, got {std}")

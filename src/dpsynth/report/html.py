@@ -8,6 +8,8 @@ per metric with a sentence on what it means and what good looks like. Every piec
 from __future__ import annotations
 
 import html
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -275,8 +277,6 @@ def render_report(metrics: dict[str, Any], statement: PrivacyStatement, *, pca: 
 def write_report(path: str | Path, metrics: dict[str, Any], statement: PrivacyStatement, *,
                  pca: dict[str, Any] | None = None) -> Path:
     """Render and write the report atomically (a reader never sees half a file)."""
-    import os
-    import tempfile
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,14 +10,15 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+from matplotlib.figure import Figure
+
 REAL_COLOUR = "#1f77b4"
 SYN_COLOUR = "#ff7f0e"
 TRAIN_COLOUR = "#7f7f7f"
 
 
 def _figure(width: float = 6.0, height: float = 3.2) -> Any:
-    from matplotlib.figure import Figure
-
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
@@ -29,8 +30,6 @@ def to_base64_png(fig: Any) -> str:
 
 def length_histogram(hist: dict[str, Any]) -> str:
     """Words per record, real vs synthetic, as normalised step histograms on shared bins."""
-    import numpy as np
-
     edges = np.asarray(hist["edges"], dtype=float)
     fig = _figure()
     ax = fig.add_subplot()
@@ -46,8 +45,6 @@ def length_histogram(hist: dict[str, Any]) -> str:
 
 def label_bars(comp: dict[str, Any], column: str, max_values: int = 25) -> str:
     """Proportions of each label value, real vs synthetic, as grouped bars."""
-    import numpy as np
-
     values = comp["values"][:max_values]
     x = np.arange(len(values))
     fig = _figure(max(4.0, min(12.0, 0.45 * len(values) + 2.5)))
@@ -64,8 +61,6 @@ def label_bars(comp: dict[str, Any], column: str, max_values: int = 25) -> str:
 
 def pca_scatter(pca: dict[str, Sequence[Sequence[float]]]) -> str:
     """2-D PCA (fitted on real embeddings) of real and synthetic records."""
-    import numpy as np
-
     fig = _figure(5.0, 4.2)
     ax = fig.add_subplot()
     for key, colour in (("real", REAL_COLOUR), ("synthetic", SYN_COLOUR)):
@@ -79,8 +74,6 @@ def pca_scatter(pca: dict[str, Sequence[Sequence[float]]]) -> str:
 
 def utility_bars(utility: Sequence[dict[str, Any]]) -> str:
     """Accuracy per label column: trained on synthetic vs trained on real, with the majority-class line."""
-    import numpy as np
-
     cols = [u["label_column"] for u in utility]
     x = np.arange(len(cols))
     fig = _figure(max(4.0, 1.6 * len(cols) + 2.5))
@@ -103,8 +96,6 @@ def utility_bars(utility: Sequence[dict[str, Any]]) -> str:
 
 def topic_bars(topics: dict[str, Any]) -> str:
     """Share of records per dominant topic (topics named by their top words), real vs synthetic."""
-    import numpy as np
-
     k = topics["num_topics"]
     names = [", ".join(t[:3]) for t in topics["topics"]]
     y = np.arange(k)

@@ -1,11 +1,15 @@
-"""The summary of an evaluation as (metric, value, what good looks like) rows, shared by the CLI table and the HTML.
+"""The summary of an evaluation as (metric, value, what good looks like) rows, shared by the CLI table and the HTML,
+and the guarantee in one line.
 
 One list of explanations keeps the terminal and the report saying the same thing about each number.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+from dpsynth.report.privacy_text import fmt_eps, fmt_prob
 
 EXPLAIN = {
     "privacy": ("Formal privacy guarantee of the synthetic data, from the run's privacy ledger.",
@@ -55,8 +59,6 @@ def privacy_value(privacy: dict[str, Any] | None) -> str:
         return "unknown (no privacy.json)"
     if privacy.get("status") == "non_private":
         return "NONE (non-private run, ε = ∞)"
-    from dpsynth.report.privacy_text import fmt_eps, fmt_prob
-
     delta = privacy.get("delta")
     d = f", δ = {fmt_prob(delta)}" if delta is not None else ""
     return f"ε = {fmt_eps(privacy.get('epsilon'))}{d} per {privacy.get('unit') or 'record'}"
@@ -108,3 +110,9 @@ def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
     if mia:
         rows.append(("Membership inference AUC (loss)", _f(mia["auc"]), EXPLAIN["mia"][1]))
     return rows
+
+
+def guarantee_line(epsilon: float, delta: float | None) -> str:
+    if not math.isfinite(epsilon):
+        return "no differential privacy (ε = ∞): the synthetic data may reveal training records"
+    return f"(ε = {fmt_eps(epsilon)}, δ = {delta:.2g}) differential privacy"  # ε rounded up, as in the report

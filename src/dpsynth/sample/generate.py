@@ -9,7 +9,9 @@ loop is bound by per-step overhead, not arithmetic. This module runs its own loo
 - finished rows are dropped from the batch (and the cache) once a quarter of it is done, so long-tailed lengths
   do not keep paying for rows that already hit EOS; the loop stops when every row has finished;
 - on CUDA, a static KV cache and a `torch.compile(mode="reduce-overhead")` decode step (CUDA graphs) remove the
-  launch overhead; any failure there falls back to the eager loop. The CPU path needs neither.
+  launch overhead; any failure there falls back to the eager loop. The CPU path needs neither. A `Decoder` keeps
+  its compiled step for its whole life (a sampling run calls it once per chunk; recompiling would cost tens of
+  seconds each time) and frees it on `close()`.
 
 Determinism: each batch draws from its own generator seeded from (seed, batch index), so the same prompts, seed
 and batch size reproduce the same texts exactly (on the same device and kernels).
@@ -27,13 +29,13 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from transformers import DynamicCache, StaticCache
 
+from dpsynth.config import DecodingConfig
 from dpsynth.errors import DpsynthError
 from dpsynth.models.loading import context_length
 
 log = logging.getLogger(__name__)
-
-Backend = Literal["auto", "hf", "vllm"]
 
 
 @dataclass
@@ -55,18 +57,14 @@ class GenerationStats:
 
 @dataclass(frozen=True)
 class _Decoding:
-    max_new_tokens: int
-    min_new_tokens: int
-    temperature: float
-    top_k: int
-    top_p: float
-    repetition_penalty: float
+    """The decoding settings with the tokens that end and pad a record."""
+
+    settings: DecodingConfig
     eos_ids: tuple[int, ...]
     pad_id: int
 
-    @property
-    def greedy(self) -> bool:
-        return self.top_k == 1 or self.temperature == 0
+    def __getattr__(self, name: str) -> Any:  # top_k, max_new_tokens, greedy, ... of the settings
+        return getattr(self.settings, name)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -170,8 +168,6 @@ class _EagerDecoder:
         self.check_every = 1 if device.type == "cpu" else 8  # a finished-check syncs with the GPU
 
     def _new_cache(self) -> Any:
-        from transformers import DynamicCache
-
         return DynamicCache(config=self.model.config)
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any, last_only: bool) -> Any:
@@ -264,7 +260,6 @@ class _StaticDecoder(_EagerDecoder):
     def __init__(self, model: Any, cfg: _Decoding, device: torch.device, *, rows: int, prompt_len: int,
                  compile: bool) -> None:
         super().__init__(model, cfg, device)
-        from transformers import StaticCache
 
         self.rows, self.max_len = rows, prompt_len + cfg.max_new_tokens
         self.cache = StaticCache(config=model.config, max_cache_len=self.max_len)
@@ -327,58 +322,6 @@ class _StaticDecoder(_EagerDecoder):
         return _cut_at_eos(out[:batch], cfg.eos_ids), steps
 
 
-# One compiled decoder is kept between calls (a sampling run calls once per chunk; recompiling would cost tens of
-# seconds each time). Keyed on everything that fixes its shapes; prompt room is rounded up so chunks share it.
-_STATIC: dict[str, Any] = {}
-
-
-def _static_decoder(model: Any, cfg: _Decoding, device: torch.device, rows: int, prompt_len: int) -> _StaticDecoder:
-    room = 32 * math.ceil(prompt_len / 32)
-    key = (id(model), rows, room, cfg, device)
-    if _STATIC.get("key") != key or _STATIC.get("model") is not model:
-        failed = _STATIC.get("failed", False)
-        release_static_decoder()
-        _STATIC["failed"] = failed
-        _STATIC.update(key=key, model=model, decoder=_StaticDecoder(model, cfg, device, rows=rows, prompt_len=room,
-                                                                     compile=device.type == "cuda"))
-    return _STATIC["decoder"]
-
-
-def release_static_decoder() -> None:
-    """Free the kept static KV cache and compiled step (call when sampling is over to return GPU memory)."""
-    _STATIC.clear()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-# ---------------------------------------------------------------------------------------------- vLLM (optional)
-def _vllm_available() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except Exception:  # pragma: no cover - depends on the environment
-        return False
-    return torch.cuda.is_available()
-
-
-def _generate_vllm(model: Any, ids: list[list[int]], cfg: _Decoding, seed: int) -> list[list[int]]:  # pragma: no cover
-    """vLLM backend: `model` must be a path (or a model saved at `config._name_or_path`) of a merged checkpoint.
-
-    Kept minimal and isolated: it needs a GPU and the `vllm` extra, and cannot be tested on CPU.
-    """
-    from vllm import LLM, SamplingParams
-
-    path = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", None)
-    if not path or hasattr(model, "get_base_model"):
-        raise DpsynthError("The vLLM backend needs a saved, merged model folder; save the model and pass its path.")
-    llm = LLM(model=str(path), seed=seed)
-    params = [SamplingParams(n=1, temperature=0.0 if cfg.greedy else cfg.temperature, top_k=cfg.top_k or -1,
-                             top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty, max_tokens=cfg.max_new_tokens,
-                             min_tokens=cfg.min_new_tokens, stop_token_ids=list(cfg.eos_ids),
-                             seed=_batch_seed(seed, i)) for i in range(len(ids))]
-    outs = llm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=False)
-    return [list(o.outputs[0].token_ids) for o in outs]
-
-
 # ---------------------------------------------------------------------------------------------- public API
 def _model_device(model: Any) -> torch.device:
     try:
@@ -388,9 +331,9 @@ def _model_device(model: Any) -> torch.device:
 
 
 def auto_batch_size(model: Any, num_prompts: int, prompt_len: int, max_new_tokens: int) -> int:
-    """Rows per batch: on CPU 64 (SmolLM2-135M on 2 cores: 16 → 32 → 64 rows gave 58 → 101 → 118 new tokens/s in
-    fp32; beyond that the matmuls are saturated and only latency grows); on CUDA as many rows as fit in half the free
-    memory (KV cache + sampling buffers), capped at 1024 where decoding stops being launch-bound for small models."""
+    """Rows per batch: on CPU 64 (beyond it the matmuls are saturated and only latency grows, bench/RESULTS.md); on
+    CUDA as many rows as fit in half the free memory (KV cache + sampling buffers), capped at 1024 where decoding
+    stops being launch-bound for small models."""
     dev = _model_device(model)
     if dev.type != "cuda":
         return max(1, min(64, num_prompts))
@@ -417,117 +360,130 @@ def check_fits_context(model: Any, longest_prompt: int, max_new_tokens: int) -> 
                            f"{max(1, context - longest_prompt + 1)} or less")
 
 
-def generate_token_ids(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str] | Sequence[Sequence[int]],
-    *,
-    max_new_tokens: int = 128,
-    min_new_tokens: int = 0,
-    temperature: float = 1.0,
-    top_k: int = 50,
-    top_p: float = 0.9,
-    repetition_penalty: float = 1.0,
-    batch_size: int | Literal["auto"] = "auto",
-    seed: int = 0,
-    eos_token_id: int | Sequence[int] | None = None,
-    progress: Callable[[int], Any] | None = None,
-    backend: Backend = "auto",
-    static_cache: bool | Literal["auto"] = "auto",
-    stats: GenerationStats | None = None,
-    add_bos: bool = False,
-) -> list[list[int]]:
-    """Generated token ids per prompt (in input order), each cut after its first EOS (EOS included if reached).
+class Decoder:
+    """Continuations of token-id prompts for one model and one decoding setting.
 
-    Prompts are strings (encoded with `encode_prompts(tokenizer, prompts, add_bos=add_bos)`) or already-encoded id
-    lists. See `generate_texts`.
+    `batch_size` rows per batch ("auto": by device, `auto_batch_size`); `static_cache` "auto" uses a static cache
+    and a compiled decode step on CUDA only. Keeps that compiled step between calls; `close()` frees it.
     """
-    if max_new_tokens < 1 or min_new_tokens < 0 or min_new_tokens > max_new_tokens:
-        raise DpsynthError("Need 1 ≤ max_new_tokens and 0 ≤ min_new_tokens ≤ max_new_tokens.")
-    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or repetition_penalty <= 0:
-        raise DpsynthError("Decoding needs temperature ≥ 0, 0 < top_p ≤ 1, top_k ≥ 0 and repetition_penalty > 0.")
-    stats = stats if stats is not None else GenerationStats()
-    t0 = time.perf_counter()
+
+    def __init__(self, model: Any, tokenizer: Any, decoding: DecodingConfig, *,
+                 batch_size: int | Literal["auto"] = "auto", static_cache: bool | Literal["auto"] = "auto",
+                 eos_token_id: int | Sequence[int] | None = None) -> None:
+        eos_ids = _eos_ids(tokenizer, model, eos_token_id)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+        self.model, self.tokenizer = model, tokenizer
+        self.cfg = _Decoding(decoding, eos_ids, int(pad))
+        self.batch_size = batch_size
+        self.static_cache = static_cache
+        self.device = _model_device(model)
+        self._static: _StaticDecoder | None = None
+        self._static_failed = False
+
+    def token_ids(self, ids: list[list[int]], *, seed: int = 0, progress: Callable[[int], Any] | None = None,
+                  stats: GenerationStats | None = None) -> list[list[int]]:
+        """Generated ids per prompt (input order), each cut after its first EOS (EOS included if reached)."""
+        stats = stats if stats is not None else GenerationStats()
+        t0 = time.perf_counter()
+        if not ids:
+            return []
+        check_fits_context(self.model, max(map(len, ids)), self.cfg.max_new_tokens)
+        result = self._generate(ids, seed, progress, stats)
+        stats.prompts += len(ids)
+        stats.new_tokens += sum(len(r) for r in result)
+        stats.seconds += time.perf_counter() - t0
+        return result
+
+    def texts(self, ids: list[list[int]], *, seed: int = 0, progress: Callable[[int], Any] | None = None,
+              stats: GenerationStats | None = None) -> list[str]:
+        """The generated text of each prompt: prompt and EOS left out, control characters removed, stripped."""
+        return decode_continuations(self.tokenizer, self.token_ids(ids, seed=seed, progress=progress, stats=stats),
+                                    self.cfg.eos_ids)
+
+    def close(self) -> None:
+        """Free the static KV cache and compiled step (returns GPU memory when sampling is over)."""
+        self._static = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _loop(self, rows: int, max_prompt: int, num_prompts: int) -> tuple[_EagerDecoder, int]:
+        """The decode loop for a call, and its batch size: the static one on CUDA (built once, its prompt room
+        rounded up so that chunks share it), unless it failed before or the call is far smaller than its batch."""
+        use_static = self.static_cache is True or (self.static_cache == "auto" and self.device.type == "cuda")
+        if use_static and (self.static_cache is True or (num_prompts >= rows // 4 and not self._static_failed)):
+            room = 32 * math.ceil(max_prompt / 32)
+            try:
+                if self._static is None or self._static.rows != rows or self._static.max_len < room + \
+                        self.cfg.max_new_tokens:
+                    self._static = _StaticDecoder(self.model, self.cfg, self.device, rows=rows, prompt_len=room,
+                                                  compile=self.device.type == "cuda")
+                return self._static, rows
+            except Exception as e:  # pragma: no cover - depends on model/cache support
+                log.warning("static KV cache unavailable (%s); using the dynamic cache", type(e).__name__)
+        return _EagerDecoder(self.model, self.cfg, self.device), min(rows, num_prompts)
+
+    def _generate(self, ids: list[list[int]], seed: int, progress: Callable[[int], Any] | None,
+                  stats: GenerationStats) -> list[list[int]]:
+        max_prompt = max(len(p) for p in ids)
+        rows = (auto_batch_size(self.model, len(ids), max_prompt, self.cfg.max_new_tokens)
+                if self.batch_size == "auto" else max(1, int(self.batch_size)))
+        decoder, batch_size = self._loop(rows, max_prompt, len(ids))
+        # Buckets: sort by length then content, so identical control codes share a batch and padding is minimal.
+        order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), ids[i]))
+        result: list[list[int]] = [[] for _ in ids]
+        was_training = getattr(self.model, "training", False)
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for b, start in enumerate(range(0, len(order), batch_size)):
+                    members = order[start:start + batch_size]
+                    tokens, steps, decoder = self._batch(decoder, [ids[i] for i in members], _batch_seed(seed, b),
+                                                         first=b == 0)
+                    for i, t in zip(members, tokens):
+                        result[i] = t
+                    stats.decode_steps += steps
+                    stats.batches += 1
+                    if progress is not None:
+                        progress(len(members))
+        finally:
+            if was_training:
+                self.model.train()
+        stats.backend, stats.batch_size = decoder.name, batch_size
+        return result
+
+    def _batch(self, decoder: _EagerDecoder, prompts: list[list[int]], seed: int,
+               first: bool) -> tuple[list[list[int]], int, _EagerDecoder]:
+        def gen() -> torch.Generator | None:
+            return None if self.cfg.greedy else torch.Generator(device=self.device).manual_seed(seed)
+
+        try:
+            tokens, steps = decoder.run(prompts, gen())
+        except Exception as e:
+            if not (isinstance(decoder, _StaticDecoder) and self.static_cache == "auto" and first):
+                raise
+            log.warning("static/compiled decoding failed (%s); falling back to the dynamic cache", type(e).__name__)
+            self._static_failed = True  # do not retry (and recompile) on every later call
+            self.close()
+            decoder = _EagerDecoder(self.model, self.cfg, self.device)
+            tokens, steps = decoder.run(prompts, gen())
+        return tokens, steps, decoder
+
+
+def generate_token_ids(model: Any, tokenizer: Any, prompts: Sequence[str] | Sequence[Sequence[int]],
+                       decoding: DecodingConfig | None = None, *, batch_size: int | Literal["auto"] = "auto",
+                       seed: int = 0, eos_token_id: int | Sequence[int] | None = None,
+                       progress: Callable[[int], Any] | None = None, static_cache: bool | Literal["auto"] = "auto",
+                       stats: GenerationStats | None = None, add_bos: bool = False) -> list[list[int]]:
+    """One call of a `Decoder`: prompts are strings (encoded as training encodes prefixes, `encode_prompts`) or
+    id lists; the result is each prompt's generated ids, cut after its first EOS."""
     ids = ([list(map(int, p)) for p in prompts] if prompts and not isinstance(prompts[0], str)
            else encode_prompts(tokenizer, prompts, add_bos=add_bos))  # type: ignore[arg-type]
-    if not ids:
-        return []
-    if not isinstance(model, str):
-        check_fits_context(model, max(map(len, ids)), max_new_tokens)
-    eos_ids = _eos_ids(tokenizer, model, eos_token_id)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    cfg = _Decoding(max_new_tokens, min_new_tokens, float(temperature), int(top_k), float(top_p),
-                    float(repetition_penalty), eos_ids, int(pad))
-    if backend == "vllm" or (backend == "auto" and isinstance(model, str) and _vllm_available()):
-        result = _generate_vllm(model, ids, cfg, seed)
-        stats.backend, stats.batches, stats.batch_size = "vllm", 1, len(ids)
-    else:
-        if isinstance(model, str):
-            raise DpsynthError("A model path needs the vLLM backend; load the model with transformers for 'hf'.")
-        result = _generate_hf(model, ids, cfg, batch_size, seed, progress, static_cache, stats)
-    stats.prompts += len(ids)
-    stats.new_tokens += sum(len(r) for r in result)
-    stats.seconds += time.perf_counter() - t0
-    return result
-
-
-def _generate_hf(model: Any, ids: list[list[int]], cfg: _Decoding, batch_size: int | str, seed: int,
-                 progress: Callable[[int], Any] | None, static_cache: bool | str, stats: GenerationStats,
-                 ) -> list[list[int]]:
-    device = _model_device(model)
-    max_prompt = max(len(p) for p in ids)
-    if batch_size == "auto":
-        batch_size = auto_batch_size(model, len(ids), max_prompt, cfg.max_new_tokens)
-    requested = max(1, int(batch_size))
-    batch_size = min(requested, len(ids))
-    # Buckets: sort by length then content, so identical control codes share a batch and padding is minimal.
-    order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), ids[i]))
-    decoder: _EagerDecoder = _EagerDecoder(model, cfg, device)
-    use_static = static_cache is True or (static_cache == "auto" and device.type == "cuda")
-    # A call with far fewer prompts than the static batch (the last chunk of a run) is cheaper eagerly.
-    if use_static and (static_cache is True or (len(ids) >= requested // 4 and not _STATIC.get("failed"))):
-        try:
-            decoder = _static_decoder(model, cfg, device, requested, max_prompt)
-            batch_size = requested
-        except Exception as e:  # pragma: no cover - depends on model/cache support
-            log.warning("static KV cache unavailable (%s); using the dynamic cache", type(e).__name__)
-    result: list[list[int]] = [[] for _ in ids]
-    was_training = getattr(model, "training", False)
-    model.eval()
+    decoder = Decoder(model, tokenizer, decoding or DecodingConfig(), batch_size=batch_size,
+                      static_cache=static_cache, eos_token_id=eos_token_id)
     try:
-        with torch.inference_mode():
-            for b, start in enumerate(range(0, len(order), batch_size)):
-                members = order[start:start + batch_size]
-                gen = None
-                if not cfg.greedy:
-                    gen = torch.Generator(device=device)
-                    gen.manual_seed(_batch_seed(seed, b))
-                batch_prompts = [ids[i] for i in members]
-                try:
-                    tokens, steps = decoder.run(batch_prompts, gen)
-                except Exception as e:
-                    if isinstance(decoder, _StaticDecoder) and static_cache == "auto" and b == 0:
-                        log.warning("static/compiled decoding failed (%s); falling back to the dynamic cache",
-                                    type(e).__name__)
-                        release_static_decoder()
-                        _STATIC["failed"] = True  # do not retry (and recompile) on every later call
-                        decoder = _EagerDecoder(model, cfg, device)
-                        if gen is not None:
-                            gen.manual_seed(_batch_seed(seed, b))
-                        tokens, steps = decoder.run(batch_prompts, gen)
-                    else:
-                        raise
-                for i, t in zip(members, tokens):
-                    result[i] = t
-                stats.decode_steps += steps
-                stats.batches += 1
-                if progress is not None:
-                    progress(len(members))
+        return decoder.token_ids(ids, seed=seed, progress=progress, stats=stats)
     finally:
-        if was_training:
-            model.train()
-    stats.backend, stats.batch_size = decoder.name, batch_size
-    return result
+        decoder.close()
 
 
 # Control characters other than tab and newline (NUL, lone CR, ...) break CSV readers and carry no text.
@@ -546,39 +502,10 @@ def decode_continuations(tokenizer: Any, token_ids: Sequence[Sequence[int]], eos
     return [clean_text(t) for t in tokenizer.batch_decode(cut, skip_special_tokens=True)]
 
 
-def generate_texts(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    *,
-    max_new_tokens: int = 128,
-    min_new_tokens: int = 0,
-    temperature: float = 1.0,
-    top_k: int = 50,
-    top_p: float = 0.9,
-    repetition_penalty: float = 1.0,
-    batch_size: int | Literal["auto"] = "auto",
-    seed: int = 0,
-    eos_token_id: int | Sequence[int] | None = None,
-    progress: Callable[[int], Any] | None = None,
-    backend: Backend = "auto",
-    static_cache: bool | Literal["auto"] = "auto",
-    stats: GenerationStats | None = None,
-    add_bos: bool = False,
-) -> list[str]:
-    """Sample one continuation per prompt and return only the generated text, in input order.
-
-    The prompt (control codes) is not part of the output; each text ends before the first EOS and is stripped.
-    `top_k=0` disables top-k, `top_p=1` disables nucleus filtering, `top_k=1` or `temperature=0` is greedy.
-    `progress(n)` is called after each batch with the number of prompts it finished. `backend="auto"` uses vLLM
-    only for a model given as a path with vLLM and CUDA present; otherwise the transformers model loop ("hf").
-    `static_cache="auto"` uses a static cache with a compiled decode step on CUDA only. Same seed, prompts and
-    batch size give the same texts. `stats`, if given, is updated with counts and timings. `add_bos` must match
-    training (`dpsynth.data.encode_records(add_bos=...)`).
-    """
-    ids = generate_token_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                             temperature=temperature, top_k=top_k, top_p=top_p,
-                             repetition_penalty=repetition_penalty, batch_size=batch_size, seed=seed,
-                             eos_token_id=eos_token_id, progress=progress, backend=backend,
-                             static_cache=static_cache, stats=stats, add_bos=add_bos)
+def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str] | Sequence[Sequence[int]],
+                   decoding: DecodingConfig | None = None, *, eos_token_id: int | Sequence[int] | None = None,
+                   **kwargs: Any) -> list[str]:
+    """`generate_token_ids` as text: the prompt (control codes) is not part of the output; each text ends before
+    the first EOS and is stripped."""
+    ids = generate_token_ids(model, tokenizer, prompts, decoding, eos_token_id=eos_token_id, **kwargs)
     return decode_continuations(tokenizer, ids, _eos_ids(tokenizer, model, eos_token_id))

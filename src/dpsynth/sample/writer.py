@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from dpsynth.errors import DpsynthError
 
@@ -178,8 +180,6 @@ class SyntheticWriter:
     def read_rows(self) -> list[dict[str, Any]]:
         """The rows written so far (CSV values come back as strings)."""
         if self.fmt == "parquet" and self.complete and not self.data_path.exists():
-            import pyarrow.parquet as pq
-
             return pq.read_table(self.path).to_pylist()
         if not self.data_path.exists():
             return []
@@ -197,8 +197,6 @@ class SyntheticWriter:
         if self.complete:
             return self.path
         if self.fmt == "parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
 
             rows = self.read_rows()
             table = (pa.Table.from_pylist(rows) if rows
