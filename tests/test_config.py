@@ -69,7 +69,7 @@ def test_default_learning_rate_grows_with_the_dp_batch_within_the_measured_range
     assert lora.resolved_learning_rate(10) == pytest.approx(2e-3)  # never below, nor above, what was measured
     assert lora.resolved_learning_rate(256) == pytest.approx(1e-2)
     assert lora.resolved_learning_rate(175) == pytest.approx(6e-3)  # linear in between
-    assert RunConfig(data="a", out="o", epsilon="inf").resolved_learning_rate(32) == pytest.approx(5e-4)
+    assert RunConfig(data="a", out="o", epsilon="inf").resolved_learning_rate(32) == pytest.approx(2e-3)
     assert RunConfig(data="a", out="o", finetune="full").resolved_learning_rate(250) == pytest.approx(1e-4)
     assert RunConfig(data="a", out="o", learning_rate=1e-2).resolved_learning_rate(250) == 1e-2
 

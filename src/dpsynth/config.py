@@ -127,14 +127,14 @@ class RunConfig(BaseModel):
                                                "seed can undo the noise, so the seed must stay secret.")
 
     # --- training
-    epochs: float | None = Field(None, gt=0, description="Passes over the data; default 4 with DP, 2 without.")
+    epochs: float | None = Field(None, gt=0, description="Passes over the data; default 4.")
     batch_size: int | None = Field(None, ge=1, description="Expected logical batch size q·N; default N/8, at most "
                                                           "1,000, with DP; 32 without.")
     physical_batch_size: int = Field(8, ge=1, description="Examples per forward pass (memory, not privacy).")
     learning_rate: float | None = Field(None, gt=0, description="AdamW learning rate; default by --finetune (LoRA "
                                                                "with DP: 2e-3 up to batch 100, rising linearly "
                                                                "to 1e-2 at batch 250 and above; full with DP "
-                                                               "1e-4; without DP 5e-4 LoRA, 5e-5 full).")
+                                                               "1e-4; without DP 2e-3 LoRA, 5e-5 full).")
     lr_schedule: Literal["constant", "linear"] | None = Field(
         None, description="Learning rate over the run: constant, or linear decay from --learning-rate down to "
                           "1/steps of it at the last step; default constant.")
@@ -209,7 +209,7 @@ class RunConfig(BaseModel):
         return math.isfinite(self.epsilon)
 
     def resolved_epochs(self) -> float:
-        return self.epochs if self.epochs is not None else (4.0 if self.private else 2.0)
+        return self.epochs if self.epochs is not None else 4.0  # with and without DP: docs/training.md
 
     def resolved_batch_size(self, num_units: int) -> int:
         """Default expected batch size: large batches help DP-SGD's signal-to-noise, but a small dataset needs
@@ -228,8 +228,8 @@ class RunConfig(BaseModel):
         if self.learning_rate is not None:
             return self.learning_rate
         if self.finetune == "lora":
-            if not self.private:
-                return 5e-4
+            if not self.private:  # 5e-4 × 2 epochs left ε = ∞ undertrained on longer texts (docs/training.md)
+                return 2e-3
             position = min(1.0, max(0.0, (expected_batch_size - 100) / 150))
             return 2e-3 + position * 8e-3
         return 1e-4 if self.private else 5e-5
